@@ -56,11 +56,11 @@ class TaskConfig:
     """
 
     p: int = 97
-    op: Operation = "add"
-    layout: Layout = "a_op_b_eq"
+    op: str = "add"
+    layout: str = "a_op_b_eq"
     test_fraction: float = 0.2
     train_fraction: float = 0.3
-    split: SplitStrategy = "random"
+    split: str = "random"
     skew_fraction: float = 0.2
     skew_weight: float = 8.0
     data_seed: int = 0

@@ -35,8 +35,8 @@ __all__ = [
 class ModelConfig:
     """Architecture and initialisation seed; the vocabulary and output size come from the task."""
 
-    kind: ModelKind = "mlp"
-    input_mode: InputMode = "embed"
+    kind: str = "mlp"
+    input_mode: str = "embed"
     d_embed: int = 128
     d_mlp: int = 512
     d_model: int = 128

@@ -39,7 +39,7 @@ class MLPConfig:
     d_vocab: int
     n_ctx: int
     d_out: int
-    input_mode: InputMode = "embed"
+    input_mode: str = "embed"
     d_embed: int = 128
     d_mlp: int = 512
 
@@ -157,15 +157,32 @@ class HookedMLP(HookedRootModule):
             return F.one_hot(tokens, self.cfg.d_vocab).to(self.mlp.W_in.dtype).flatten(start_dim=1)
         return tokens.to(self.mlp.W_in.dtype)
 
-    def forward(self, tokens: Int[Tensor, "batch pos"]) -> Float[Tensor, "batch p"]:
+    def forward(
+        self,
+        tokens: Int[Tensor, "batch pos"],
+        labels: Int[Tensor, " batch"] | None = None,
+        return_type: str = "logits",
+    ) -> Float[Tensor, "batch p"] | Float[Tensor, ""]:
+        """Return the logits, or with ``return_type="loss"`` the mean cross-entropy on ``labels``.
+
+        The loss form lets ``run_with_cache(tokens, labels=..., return_type="loss",
+        incl_bwd=True)`` cache the gradient of the loss at every hook point.
+        """
         x = self.hook_input(self.first_layer_input(tokens))
         post = self.mlp(x)
-        return self.hook_logits(self.unembed(post))
+        logits = self.hook_logits(self.unembed(post))
+        if return_type == "logits":
+            return logits
+        if return_type != "loss":
+            raise ValueError(f"return_type={return_type!r} is invalid: use 'logits' or 'loss'.")
+        if labels is None:
+            raise ValueError("return_type='loss' needs labels: pass labels=<residues, shape [batch]>.")
+        return F.cross_entropy(logits, labels)
 
     @property
     def W_E(self) -> Float[Tensor, "vocab d_embed"]:
         if self.embed is None:
-            raise AttributeError(
+            raise ValueError(
                 f"this HookedMLP has input_mode={self.cfg.input_mode!r} and so no W_E; "
                 "build it with input_mode='embed' for a learned embedding."
             )
@@ -174,7 +191,7 @@ class HookedMLP(HookedRootModule):
     def W_in_block(self, pos: int) -> Float[Tensor, "d_embed d_mlp"]:
         """Rows of ``W_in`` that multiply the embedding of the token at position ``pos``."""
         if self.embed is None:
-            raise AttributeError("W_in_block needs input_mode='embed'.")
+            raise ValueError("W_in_block needs a HookedMLP with input_mode='embed'.")
         if not 0 <= pos < self.cfg.n_ctx:
             raise ValueError(f"pos={pos} is out of range [0, {self.cfg.n_ctx}).")
         d = self.cfg.d_embed

@@ -33,19 +33,19 @@ class OptimConfig:
     ``k · (σ_max(E) / σ_max(W)) · (f_W / f_E)`` and clipped to ``[adaptive_c_min, adaptive_c_max]``.
     """
 
-    name: Literal["adam", "adamw"] = "adam"
+    name: str = "adam"
     lr: float = 0.01
     weight_decay: float = 0.001
     beta1: float = 0.9
     beta2: float = 0.999
     embed_lr_ratio: float = 1.0
-    lr_ratio: Literal["fixed", "adaptive"] = "fixed"
+    lr_ratio: str = "fixed"
     adaptive_k: float = 1.0
     adaptive_every: int = 50
     adaptive_window: int = 50
     adaptive_c_min: float = 0.5
     adaptive_c_max: float = 32.0
-    grokfast: Literal["none", "ema", "ma"] = "none"
+    grokfast: str = "none"
     grokfast_alpha: float = 0.98
     grokfast_lambda: float = 2.0
     grokfast_window: int = 100
@@ -93,7 +93,7 @@ class TrainConfig:
     checkpoint_every: int = 1000
     early_stop_evals: int = 5
     grok_threshold: float = 0.99
-    sampler: Literal["random", "frequency", "balanced"] = "random"
+    sampler: str = "random"
     sampler_gamma: float = 1.0
     batch_seed: int = 0
     token_stats: bool = True

@@ -56,7 +56,7 @@ class RunResult:
     step: int
     grok_train_step: int | None
     grok_test_step: int | None
-    final: dict[str, float]
+    final: dict[str, Any]
     wall_time_s: float
 
 

@@ -1,0 +1,95 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+import grokinterp.training.loop as loop
+from grokinterp.checkpoint import CheckpointError, read_manifest, read_metrics
+from grokinterp.training.config import RunConfig, apply_overrides
+from grokinterp.training.loop import train
+
+
+def test_tiny_preset_groks(tmp_path: Path, tiny_config: RunConfig) -> None:
+    result = train(tiny_config, tmp_path / "run", progress=False)
+    manifest = read_manifest(result.run_dir)
+    assert result.final["train_acc"] >= 0.99
+    assert result.final["test_acc"] >= 0.99
+    # Grokking: the train set is fitted long before the test set generalises.
+    assert result.grok_train_step is not None
+    assert result.grok_test_step is not None
+    assert result.grok_test_step >= 3 * result.grok_train_step
+    assert manifest["grok"] == {"train_step": result.grok_train_step, "test_step": result.grok_test_step}
+    # Early stopping fires after early_stop_evals evaluations at >= 0.99 test accuracy.
+    assert result.step < tiny_config.train.steps
+
+
+def test_resume_matches_uninterrupted_run(
+    tmp_path: Path, micro_config: RunConfig, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    cfg = apply_overrides(micro_config, ["train.early_stop_evals=0"])
+    reference = train(cfg, tmp_path / "reference", progress=False)
+
+    original_step = loop._train_step
+
+    def interrupt_at_47(step, *args, **kwargs):
+        if step == 47:
+            raise KeyboardInterrupt
+        return original_step(step, *args, **kwargs)
+
+    monkeypatch.setattr(loop, "_train_step", interrupt_at_47)
+    with pytest.raises(KeyboardInterrupt):
+        train(cfg, tmp_path / "resumed", progress=False)
+    assert read_manifest(tmp_path / "resumed")["status"] == "interrupted"
+    monkeypatch.setattr(loop, "_train_step", original_step)
+
+    resumed = train(cfg, tmp_path / "resumed", resume=True, progress=False)
+    for (name, ours), theirs in zip(reference.model.state_dict().items(), resumed.model.state_dict().values()):
+        assert torch.equal(ours, theirs), name
+    assert read_metrics(tmp_path / "reference") == [
+        {k: v for k, v in row.items()} for row in read_metrics(tmp_path / "resumed")
+    ]
+
+
+def test_resume_extends_step_budget(tmp_path: Path, micro_config: RunConfig) -> None:
+    cfg = apply_overrides(micro_config, ["train.early_stop_evals=0"])
+    full = train(cfg, tmp_path / "full", progress=False)
+    train(apply_overrides(cfg, ["train.steps=40"]), tmp_path / "extended", progress=False)
+    extended = train(cfg, tmp_path / "extended", resume=True, progress=False)
+    assert extended.step == 60
+    for ours, theirs in zip(full.model.parameters(), extended.model.parameters()):
+        assert torch.equal(ours, theirs)
+
+
+def test_resume_with_other_config_rejected(tmp_path: Path, micro_config: RunConfig) -> None:
+    train(micro_config, tmp_path / "run", progress=False)
+    with pytest.raises(CheckpointError, match="only train.steps may change"):
+        train(apply_overrides(micro_config, ["optim.lr=0.5"]), tmp_path / "run", resume=True, progress=False)
+
+
+def test_existing_run_not_overwritten(tmp_path: Path, micro_config: RunConfig) -> None:
+    train(micro_config, tmp_path / "run", progress=False)
+    with pytest.raises(FileExistsError, match="pass --resume"):
+        train(micro_config, tmp_path / "run", progress=False)
+
+
+def test_batch_larger_than_train_set_rejected(tmp_path: Path, micro_config: RunConfig) -> None:
+    with pytest.raises(ValueError, match="train.batch_size=500 exceeds the 60 training pairs"):
+        train(apply_overrides(micro_config, ["train.batch_size=500"]), tmp_path / "run", progress=False)
+
+
+def test_full_batch_and_adamw(tmp_path: Path, micro_config: RunConfig) -> None:
+    cfg = apply_overrides(micro_config, ["train.batch_size=0", "optim.name=adamw", "optim.weight_decay=1.0"])
+    result = train(cfg, tmp_path / "run", progress=False)
+    assert result.step == 60
+
+
+def test_seeds_change_init_and_split(tmp_path: Path, micro_config: RunConfig) -> None:
+    base = train(micro_config, tmp_path / "a", progress=False)
+    other_init = train(apply_overrides(micro_config, ["model.init_seed=1"]), tmp_path / "b", progress=False)
+    assert not torch.equal(base.model.embed.W_E, other_init.model.embed.W_E)
+    assert read_manifest(tmp_path / "a")["split"]["sha256"] == read_manifest(tmp_path / "b")["split"]["sha256"]
+    other_data = train(apply_overrides(micro_config, ["task.data_seed=1"]), tmp_path / "c", progress=False)
+    assert read_manifest(tmp_path / "c")["split"]["sha256"] != read_manifest(tmp_path / "a")["split"]["sha256"]
+    del other_data
