@@ -5,6 +5,7 @@ A run directory contains::
     manifest.json                          resolved config, seeds, versions, grok steps, final metrics
     metrics.jsonl                          one JSON object per evaluation
     token_stats.jsonl                      per-token statistics at each evaluation (embedding models)
+    embed_gradients.safetensors            ∇_E L at train.record_grad_steps, keys step_NNNNNN
     checkpoints/step_NNNNNN.safetensors    weights, and the training state needed to resume
 
 Checkpoints are safetensors files: tensors under ``model.``, ``optim.`` and ``state.`` prefixes and
@@ -37,6 +38,7 @@ from grokinterp.training.config import RunConfig, config_from_dict, config_to_di
 MANIFEST = "manifest.json"
 METRICS = "metrics.jsonl"
 TOKEN_STATS = "token_stats.jsonl"
+EMBED_GRADIENTS = "embed_gradients.safetensors"
 CHECKPOINT_DIR = "checkpoints"
 FORMAT_VERSION = 1
 

@@ -8,16 +8,14 @@ last position. :func:`answer_logits` hides that difference from the rest of the 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Literal
 
 import torch
 from jaxtyping import Float, Int
 from torch import Tensor, nn
 
-from grokinterp.models.mlp import INPUT_MODES, HookedMLP, InputMode, MLPConfig
+from grokinterp.models.mlp import INPUT_MODES, HookedMLP, MLPConfig
 from grokinterp.tasks import TaskConfig
 
-ModelKind = Literal["mlp", "transformer"]
 MODEL_KINDS = ("mlp", "transformer")
 
 __all__ = [

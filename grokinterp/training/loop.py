@@ -20,14 +20,17 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
+from safetensors.torch import save_file
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
 from grokinterp.checkpoint import (
+    EMBED_GRADIENTS,
     MANIFEST,
     METRICS,
     TOKEN_STATS,
     CheckpointError,
+    atomic_path,
     checkpoint_path,
     list_checkpoints,
     load_checkpoint,
@@ -173,6 +176,7 @@ def train(
     if not final or final.get("step") != step:
         final = _evaluate_and_log(run_dir, step, model, data, tracker, components, optimizer)
     _save(run_dir, cfg, model, optimizer, components, tracker, step)
+    _save_recorded_gradients(run_dir, components)
     wall_time = prior_time + time.perf_counter() - started
     final_summary = {
         "step": step,
@@ -276,6 +280,15 @@ def _save(
         state_tensors=state_tensors,
         state_meta=state_meta,
     )
+
+
+def _save_recorded_gradients(run_dir: Path, components: TrainingComponents) -> None:
+    gradients = components.recorded_gradients()
+    if not gradients:
+        return
+    tensors = {f"step_{step:06d}": grad.contiguous() for step, grad in sorted(gradients.items())}
+    with atomic_path(run_dir / EMBED_GRADIENTS) as tmp:
+        save_file(tensors, str(tmp))
 
 
 def _restore(
