@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from matplotlib.figure import Figure
@@ -33,7 +34,7 @@ def mark_grok_steps(axis, grok: Mapping[str, int | None]) -> None:
 
 
 def plot_training_curves(
-    metrics: Sequence[Mapping[str, float]], grok: Mapping[str, int | None], title: str
+    metrics: Sequence[Mapping[str, Any]], grok: Mapping[str, int | None], title: str
 ) -> Figure:
     """Accuracy and loss on the train and test sets against the step, grok steps marked."""
     steps = np.array([row["step"] for row in metrics])
