@@ -33,6 +33,16 @@ from grokinterp.analysis.fourier import (
 EXACT = 1e-12
 
 
+@pytest.fixture(autouse=True, scope="module")
+def single_thread():
+    # These tensors are tiny, so intra-op threads only add overhead, and on a loaded machine
+    # idle OpenMP threads spin: on 2 busy cores this file ran 30 times slower with 2 threads.
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 def angle(k, x, p):
     return 2 * math.pi * k * x / p
 
