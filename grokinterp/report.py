@@ -126,7 +126,7 @@ def _fourier_section(ctx: AnalysisContext) -> SectionResult:
         "key_frequency_rule": "fewest non-constant frequencies holding 95 % of the non-constant energy",
         "top_frequencies": top,
         "embedding_gini": sparsity.gini,
-        "embedding_ipr": sparsity.ipr,
+        "embedding_ipr": sparsity.inverse_participation_ratio,
     }
     figure = plotting.plot_spectrum(
         spectrum.tolist(),
@@ -136,7 +136,7 @@ def _fourier_section(ctx: AnalysisContext) -> SectionResult:
     )
     tops = ", ".join(f"{t['frequency']} ({t['norm']:.2f})" for t in top)
     markdown = [
-        f"Key frequencies: {keys} (Gini {sparsity.gini:.3f}, IPR {sparsity.ipr:.3f}).",
+        f"Key frequencies: {keys} (Gini {sparsity.gini:.3f}, IPR {sparsity.inverse_participation_ratio:.3f}).",
         f"Top frequencies by norm: {tops}.",
         "![embedding spectrum](figures/embedding_spectrum.png)",
     ]
