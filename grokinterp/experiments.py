@@ -51,7 +51,8 @@ def run_status(cfg: RunConfig, runs_dir: Path | str) -> str:
     if not (directory / MANIFEST).is_file():
         return "missing"
     manifest = read_manifest(directory)
-    if manifest.get("config") != config_to_dict(cfg):
+    # A JSON round trip turns tuples into lists, as they are in the manifest.
+    if manifest.get("config") != json.loads(json.dumps(config_to_dict(cfg))):
         raise ValueError(
             f"{directory} contains a run of another config (a hash collision or an edited "
             "manifest): delete the directory to retrain it."
