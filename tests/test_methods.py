@@ -46,7 +46,7 @@ def test_expected_changes_on_paper_mlp() -> None:
         "adamw": {"optim.name": "adamw"},
         "adam-lr": {"optim.embed_lr_ratio": 10.0},
         "adaptive": {"optim.lr_ratio": "adaptive"},
-        "frequency": {"train.sampler": "frequency", "train.sampler_gamma": 1e-4},
+        "frequency": {"train.sampler": "frequency", "train.sampler_gamma": 0.01},
         "balanced": {"train.sampler": "balanced"},
         "grokfast-ema": {"optim.grokfast": "ema"},
         "grokfast-ma": {"optim.grokfast": "ma", "optim.grokfast_lambda": 5.0},
@@ -121,7 +121,7 @@ def test_sampler_selected(micro_config: RunConfig, name: str, sampler_class: typ
 
 def test_frequency_gamma(micro_config: RunConfig) -> None:
     _, _, _, components = build_parts(apply_method(micro_config, "frequency"))
-    assert components.sampler.gamma == 1e-4
+    assert components.sampler.gamma == 0.01
     # The sampler needs the per-token gradient norms even where statistics are switched off.
     assert components.token_stats is not None
 
