@@ -21,7 +21,8 @@ Grok steps are those of evaluations, so they are exact to within ``train.eval_ev
 
 Curves. Runs stop early once test accuracy has held the threshold (``train.early_stop_evals``),
 so for the mean and min-max band over seeds each run's accuracy is held at its last value after
-it stops.
+it stops. The figure's step axis ends at 1.5 times the last grok step of any run, so that a run
+that never grokked does not squeeze the others.
 """
 
 from __future__ import annotations
@@ -477,6 +478,24 @@ def accuracy_band(runs: Sequence[RunRecord]) -> AccuracyBand:
     )
 
 
+def plot_step_limit(comparison: Comparison, margin: float = 1.5) -> float | None:
+    """Return where to cut the step axis: ``margin`` times the last grok step of any run.
+
+    Returns None (no cut) when no run grokked or the cut would not shorten the axis.
+    """
+    grok_steps = [
+        step
+        for summary in comparison.methods
+        for run in summary.runs
+        for step in (run.train_step, run.test_step)
+        if step is not None
+    ]
+    last_step = max(max(run.curve_steps) for summary in comparison.methods for run in summary.runs)
+    if not grok_steps or margin * max(grok_steps) >= last_step:
+        return None
+    return margin * max(grok_steps)
+
+
 def comparison_to_dict(comparison: Comparison) -> dict[str, Any]:
     """Return the comparison as JSON-ready data (``comparison.json``)."""
     return {
@@ -567,7 +586,11 @@ def format_markdown(comparison: Comparison, command: str | None = None) -> str:
         f"{comparison.threshold:g} within the budget. Wall time is the median over seeds of each "
         "run's training time from its manifest, including evaluations and the early-stop tail.",
         "",
-        "![test accuracy against steps](comparison.png)",
+        "![train and test accuracy against steps](comparison.png)",
+        "",
+        "The figure shows the mean (line) and the min–max range (band) over seeds, a run's "
+        "accuracy held at its last value after it stopped early, and each method's median step "
+        "to test accuracy ≥ the threshold as a dotted line.",
         "",
     ]
     return "\n".join(parts)
@@ -596,6 +619,8 @@ def write_comparison(
 
     bands = {summary.label: accuracy_band(summary.runs) for summary in comparison.methods}
     medians = {summary.label: summary.test.median for summary in comparison.methods}
-    figure = plot_method_comparison(bands, medians, comparison.threshold, comparison.title)
+    figure = plot_method_comparison(
+        bands, medians, comparison.threshold, comparison.title, max_step=plot_step_limit(comparison)
+    )
     save_figure(figure, paths["png"])
     return paths

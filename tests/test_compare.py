@@ -17,6 +17,8 @@ from grokinterp.compare import (
     compare_runs,
     group_runs,
     load_run,
+    plot_step_limit,
+    summarize,
     summarize_steps,
 )
 from grokinterp.training.config import RunConfig, apply_overrides
@@ -174,13 +176,20 @@ def test_group_rejects_repeated_seed(grid: tuple[Path, Path, str]) -> None:
         group_runs([record, dataclasses.replace(record, run_dir=Path("copy"))])
 
 
+def synthetic_record(
+    cfg: RunConfig, steps: tuple[int, ...], test: tuple[float, ...], seed: int = 0,
+    test_step: int | None = None,
+) -> RunRecord:
+    return RunRecord(
+        run_dir=Path("x"), label="m", seed=seed, config=cfg, budget=max(steps), train_step=None,
+        test_step=test_step, final_test_acc=test[-1], wall_time_s=1.0, curve_steps=steps,
+        curve_train_acc=test, curve_test_acc=test,
+    )
+
+
 def test_band_holds_stopped_run(micro_config: RunConfig) -> None:
     def record(steps: tuple[int, ...], test: tuple[float, ...]) -> RunRecord:
-        return RunRecord(
-            run_dir=Path("x"), label="m", seed=0, config=micro_config, budget=30, train_step=None,
-            test_step=None, final_test_acc=test[-1], wall_time_s=1.0, curve_steps=steps,
-            curve_train_acc=test, curve_test_acc=test,
-        )
+        return synthetic_record(micro_config, steps, test)
 
     band = accuracy_band([record((0, 10), (0.0, 1.0)), record((0, 10, 20, 30), (0.0, 0.5, 0.5, 0.7))])
     assert band.steps.tolist() == [0, 10, 20, 30]
@@ -188,6 +197,15 @@ def test_band_holds_stopped_run(micro_config: RunConfig) -> None:
     np.testing.assert_allclose(band.test_mean, [0.0, 0.75, 0.75, 0.85])
     np.testing.assert_allclose(band.test_low, [0.0, 0.5, 0.5, 0.7])
     np.testing.assert_allclose(band.test_high, [0.0, 1.0, 1.0, 1.0])
+
+
+def test_plot_limit_follows_grok_steps(micro_config: RunConfig) -> None:
+    grokked = synthetic_record(micro_config, (0, 100, 200), (0.0, 1.0, 1.0), seed=0, test_step=100)
+    stuck = synthetic_record(micro_config, (0, 500, 1000), (0.0, 0.2, 0.5), seed=1)
+    comparison = summarize({"m": [grokked, stuck]}, micro_config, "t", "micro")
+    assert plot_step_limit(comparison) == 150.0
+    alone = summarize({"m": [stuck]}, micro_config, "t", "micro")
+    assert plot_step_limit(alone) is None
 
 
 @pytest.mark.parametrize(
