@@ -1,6 +1,6 @@
 """Steps-to-grok comparison of training methods over seeds.
 
-A comparison trains (or reads) one run per method and seed and reports, per method, the steps to
+A comparison trains (or reads) one run per method and seed. Per method it reports the steps to
 train accuracy ≥ 0.99 and to test accuracy ≥ 0.99, the fraction of seeds that reached the
 threshold within the step budget, and the wall-clock time per run.
 
@@ -57,7 +57,7 @@ CONFIDENCE = 0.95
 
 @dataclass(frozen=True)
 class RunRecord:
-    """What a comparison reads from one completed run directory.
+    """Data read from one completed run directory.
 
     ``train_step`` and ``test_step`` are the first evaluation steps with accuracy at or above
     the threshold, or None when the run never reached it within ``budget`` steps.
@@ -216,15 +216,18 @@ def summarize_steps(
     """Summarize steps-to-threshold over seeds; None marks a seed censored at ``budget``."""
     values = [math.inf if step is None else float(step) for step in steps]
     median, low, high = bootstrap_median_interval(values, n_resamples, confidence, seed)
-    finite = lambda value: value if math.isfinite(value) else None  # noqa: E731
     return StepSummary(
-        median=finite(median),
-        low=finite(low),
-        high=finite(high),
+        median=_finite_or_none(median),
+        low=_finite_or_none(low),
+        high=_finite_or_none(high),
         reached=sum(step is not None for step in steps),
         n_seeds=len(steps),
         budget=budget,
     )
+
+
+def _finite_or_none(value: float) -> float | None:
+    return value if math.isfinite(value) else None
 
 
 def grid_configs(
@@ -261,6 +264,7 @@ def run_grid(
 ) -> list[RunRecord]:
     """Train (or reuse from the cache in ``runs_dir``) every method × seed run and load them."""
     grid = grid_configs(base, methods, seeds)
+    logger.info("comparing %d methods x %d seeds of %s in %s", len(methods), seeds, base.name, runs_dir)
     directories = ensure_runs([cfg for _, cfg in grid], runs_dir, progress=progress)
     return [load_run(directory, label=method) for (method, _), directory in zip(grid, directories)]
 

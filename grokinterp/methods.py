@@ -9,7 +9,7 @@ it derives, the frequency-aware sampler it derives, the one-hot control) and fro
 
 :func:`apply_method` returns the preset's config with the method's overrides applied and the
 method's name appended to the run name (``paper-mlp+adam-lr``), so cached runs of different
-methods never share a directory and a run directory says which method trained it.
+methods never share a directory and a run directory's name records which method trained it.
 """
 
 from __future__ import annotations
