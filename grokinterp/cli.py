@@ -195,8 +195,10 @@ def _run_compare(args: argparse.Namespace) -> int:
             overrides.append(f"train.steps={args.steps}")
         base = apply_overrides(get_preset(args.preset), overrides)
         methods = args.methods or list(DEFAULT_COMPARE_METHODS)
+        setting = " ".join([args.preset, *overrides])
         comparison = compare_grid(
-            base, methods, seeds, args.runs, progress=not args.quiet, n_resamples=args.bootstrap
+            base, methods, seeds, args.runs, progress=not args.quiet, n_resamples=args.bootstrap,
+            title=f"{setting}: {len(methods)} methods × {seeds} seeds",
         )
         out = args.out or Path("runs/compare") / args.preset
         words = ["--preset", args.preset, "--methods", *methods, "--seeds", str(seeds),

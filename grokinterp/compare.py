@@ -412,17 +412,19 @@ def compare_grid(
     progress: bool = True,
     n_resamples: int = BOOTSTRAP_RESAMPLES,
     bootstrap_seed: int = 0,
+    title: str | None = None,
 ) -> Comparison:
     """Run (or reuse) the methods × seeds grid on ``base`` and summarize it.
 
     Changed fields are listed relative to ``base``, the preset with the common overrides.
+    ``title`` defaults to the base config's name and the grid size.
     """
     records = run_grid(base, methods, seeds, runs_dir, progress=progress)
     groups = {method: [r for r in records if r.label == method] for method in methods}
     return summarize(
         groups,
         baseline=base,
-        title=f"{base.name}: {len(methods)} methods × {seeds} seeds",
+        title=title or f"{base.name}: {len(methods)} methods × {seeds} seeds",
         baseline_name=f"preset {base.name}",
         descriptions={method: get_method(method).description for method in methods},
         n_resamples=n_resamples,
