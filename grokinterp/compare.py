@@ -108,8 +108,35 @@ class StepSummary:
 
 
 @dataclass(frozen=True)
+class PairedSteps:
+    """Seed-by-seed steps to test accuracy ≥ threshold of a method against a reference method.
+
+    Both methods see the same data split and initialisation on a shared seed, so a per-seed
+    comparison removes the seed-to-seed spread that the unpaired medians carry. A seed counts as
+    ``faster`` when the method reached the threshold at an earlier evaluation than the reference,
+    or reached it where the reference never did; ``slower`` is the converse, and ``ties``
+    includes seeds on which neither reached it. ``median_ratio`` is the median over seeds where
+    both reached it of (method's steps / reference's steps), or None when there are none.
+    """
+
+    reference: str
+    faster: int
+    slower: int
+    ties: int
+    median_ratio: float | None
+
+    @property
+    def n_seeds(self) -> int:
+        return self.faster + self.slower + self.ties
+
+
+@dataclass(frozen=True)
 class MethodSummary:
-    """The results of one method over its seeds."""
+    """The results of one method over its seeds.
+
+    ``paired`` compares it seed by seed with the first method of the comparison; it is None for
+    the first method itself and when the two share no seed.
+    """
 
     label: str
     description: str
@@ -118,6 +145,7 @@ class MethodSummary:
     test: StepSummary
     wall_time_median_s: float
     runs: tuple[RunRecord, ...]
+    paired: PairedSteps | None = None
 
 
 @dataclass(frozen=True)
@@ -228,6 +256,33 @@ def summarize_steps(
 
 def _finite_or_none(value: float) -> float | None:
     return value if math.isfinite(value) else None
+
+
+def paired_steps(
+    runs: Sequence[RunRecord], reference_runs: Sequence[RunRecord], reference: str
+) -> PairedSteps | None:
+    """Compare steps to test accuracy ≥ threshold seed by seed; None when no seed is shared."""
+    reference_steps = {record.seed: record.test_step for record in reference_runs}
+    shared = [record for record in runs if record.seed in reference_steps]
+    if not shared:
+        return None
+
+    faster = slower = ties = 0
+    ratios = []
+    for record in shared:
+        ours = math.inf if record.test_step is None else record.test_step
+        theirs = reference_steps[record.seed]
+        theirs = math.inf if theirs is None else theirs
+        if ours < theirs:
+            faster += 1
+        elif ours > theirs:
+            slower += 1
+        else:
+            ties += 1
+        if math.isfinite(ours) and math.isfinite(theirs) and theirs > 0:
+            ratios.append(ours / theirs)
+    median_ratio = float(np.median(ratios)) if ratios else None
+    return PairedSteps(reference, faster, slower, ties, median_ratio)
 
 
 def grid_configs(
@@ -379,9 +434,11 @@ def summarize(
         )
 
     summaries = []
+    reference_label, reference_runs = next(iter(groups.items()))
     for label, runs in groups.items():
         runs = sorted(runs, key=lambda record: record.seed)
         budget = max(record.budget for record in runs)
+        paired = None if label == reference_label else paired_steps(runs, reference_runs, reference_label)
         summaries.append(
             MethodSummary(
                 label=label,
@@ -391,6 +448,7 @@ def summarize(
                 test=summarize_steps([r.test_step for r in runs], budget, n_resamples, confidence, seed),
                 wall_time_median_s=float(np.median([record.wall_time_s for record in runs])),
                 runs=tuple(runs),
+                paired=paired,
             )
         )
     return Comparison(
@@ -527,6 +585,7 @@ def comparison_to_dict(comparison: Comparison) -> dict[str, Any]:
                 "train_steps": dataclasses.asdict(summary.train),
                 "test_steps": dataclasses.asdict(summary.test),
                 "grokked_fraction": summary.test.fraction,
+                "paired_test_steps": None if summary.paired is None else dataclasses.asdict(summary.paired),
                 "wall_time_median_s": summary.wall_time_median_s,
                 "runs": [
                     {
@@ -552,17 +611,25 @@ def format_table(comparison: Comparison) -> str:
     lines = [
         f"| method | changes vs {comparison.baseline} | seeds | steps to train acc ≥ {threshold}, "
         f"median [{percent} CI] | steps to test acc ≥ {threshold}, median [{percent} CI] | "
-        "grokked | wall time per run (median) |",
-        "|---|---|---|---|---|---|---|",
+        f"grokked | vs {comparison.methods[0].label} on the same seeds: earlier / later / tied, "
+        "median step ratio | wall time per run (median) |",
+        "|---|---|---|---|---|---|---|---|",
     ]
     for summary in comparison.methods:
         changes = ", ".join(f"{key}={value}" for key, value in summary.changes.items()) or "none"
         lines.append(
             f"| {summary.label} | {changes} | {summary.test.n_seeds} | {_format_steps(summary.train)} "
             f"| {_format_steps(summary.test)} | {summary.test.reached}/{summary.test.n_seeds} "
-            f"| {summary.wall_time_median_s:.1f} s |"
+            f"| {_format_paired(summary.paired)} | {summary.wall_time_median_s:.1f} s |"
         )
     return "\n".join(lines)
+
+
+def _format_paired(paired: PairedSteps | None) -> str:
+    if paired is None:
+        return "reference"
+    ratio = "n/a" if paired.median_ratio is None else f"×{paired.median_ratio:.2f}"
+    return f"{paired.faster} / {paired.slower} / {paired.ties}, {ratio}"
 
 
 def _format_steps(summary: StepSummary) -> str:
@@ -589,7 +656,12 @@ def format_markdown(comparison: Comparison, command: str | None = None) -> str:
         f"{comparison.confidence:.0%} percentile bootstraps of the median "
         f"({comparison.bootstrap_resamples} resamples of the seeds, seed "
         f"{comparison.bootstrap_seed}). \"grokked\" counts seeds with test accuracy ≥ "
-        f"{comparison.threshold:g} within the budget. Wall time is the median over seeds of each "
+        f"{comparison.threshold:g} within the budget. The paired column compares each method with "
+        f"{comparison.methods[0].label} seed by seed (same split and initialisation): the seeds "
+        "on which it reached test accuracy ≥ the threshold earlier, later or at the same "
+        "evaluation (a seed that never reached it counts as latest), and the median over seeds "
+        "where both reached it of its steps divided by the reference's. Wall time is the median "
+        "over seeds of each "
         "run's training time from its manifest, including evaluations and the early-stop tail.",
         "",
         "![train and test accuracy against steps](comparison.png)",

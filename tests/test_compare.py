@@ -17,6 +17,7 @@ from grokinterp.compare import (
     compare_runs,
     group_runs,
     load_run,
+    paired_steps,
     plot_step_limit,
     summarize,
     summarize_steps,
@@ -99,6 +100,7 @@ def test_grid_writes_outputs(grid: tuple[Path, Path, str]) -> None:
     runs, out, markdown = grid
     assert len(list(runs.iterdir())) == 4
     assert "| adam | none | 2 |" in markdown
+    assert "| reference |" in markdown
     assert "| adam-lr | optim.embed_lr_ratio=10.0 | 2 |" in markdown
     assert "grokinterp compare --preset tiny --methods adam adam-lr --seeds 2" in markdown
     assert (out / "comparison.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
@@ -111,6 +113,11 @@ def test_grid_writes_outputs(grid: tuple[Path, Path, str]) -> None:
     assert adam_lr["budget"] == 120
     assert [run["seed"] for run in adam_lr["runs"]] == [0, 1]
     assert set(adam_lr["test_steps"]) == {"median", "low", "high", "reached", "n_seeds", "budget"}
+    assert data["methods"][0]["paired_test_steps"] is None
+    paired = adam_lr["paired_test_steps"]
+    assert paired["reference"] == "adam"
+    assert paired["faster"] + paired["slower"] + paired["ties"] == 2
+    assert "vs adam on the same seeds: earlier / later / tied, median step ratio" in markdown
     assert 0.0 <= adam_lr["grokked_fraction"] <= 1.0
     for run in adam_lr["runs"]:
         assert run["wall_time_s"] > 0
@@ -197,6 +204,28 @@ def test_band_holds_stopped_run(micro_config: RunConfig) -> None:
     np.testing.assert_allclose(band.test_mean, [0.0, 0.75, 0.75, 0.85])
     np.testing.assert_allclose(band.test_low, [0.0, 0.5, 0.5, 0.7])
     np.testing.assert_allclose(band.test_high, [0.0, 1.0, 1.0, 1.0])
+
+
+def test_paired_steps_hand_example(micro_config: RunConfig) -> None:
+    def runs(steps: list[int | None]) -> list[RunRecord]:
+        return [synthetic_record(micro_config, (0, 10), (0.0, 1.0), seed=seed, test_step=step)
+                for seed, step in enumerate(steps)]
+
+    paired = paired_steps(runs([650, 1300, 800, None]), runs([1000, 1300, None, None]), "adam")
+    # Seed 0 is earlier (650 < 1000), seed 2 reached the threshold where the reference never did,
+    # seed 1 is a tie at 1300 and seed 3 never reached it with either method.
+    assert (paired.faster, paired.slower, paired.ties, paired.n_seeds) == (2, 0, 2, 4)
+    # Ratios exist for seeds 0 and 1 only: 650/1000 and 1300/1300.
+    assert paired.median_ratio == pytest.approx((0.65 + 1.0) / 2, rel=1e-12)
+    assert paired.reference == "adam"
+
+
+def test_paired_steps_without_shared_seeds(micro_config: RunConfig) -> None:
+    ours = [synthetic_record(micro_config, (0, 10), (0.0, 1.0), seed=1, test_step=10)]
+    theirs = [synthetic_record(micro_config, (0, 10), (0.0, 1.0), seed=2, test_step=10)]
+    assert paired_steps(ours, theirs, "adam") is None
+    slower = paired_steps([synthetic_record(micro_config, (0, 10), (0.0, 0.5), seed=2)], theirs, "adam")
+    assert (slower.faster, slower.slower, slower.ties, slower.median_ratio) == (0, 1, 0, None)
 
 
 def test_plot_limit_follows_grok_steps(micro_config: RunConfig) -> None:
