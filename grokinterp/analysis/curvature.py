@@ -44,6 +44,10 @@ logger = logging.getLogger(__name__)
 DEFAULT_TAU_FACTOR = 1e-3
 """τ = DEFAULT_TAU_FACTOR · max |λ|: eigenvalues within τ of 0 count as flat in the verdict."""
 
+RESIDUAL_SLACK = 10.0
+"""An eigenpair counts as converged when its residual is at most this many times the bound
+that ARPACK's tolerance promises (tol · max |λ| for its end of the spectrum)."""
+
 
 # ---------------------------------------------------------------------------------------------
 # Loss functions of the parameters
@@ -170,6 +174,10 @@ class BlockCurvature:
             parameter unit. With both ends computed, the first k are the smallest and the last k
             the largest.
         residuals: ||H v - λ v|| of each unit eigenvector, in the order of ``eigenvalues``.
+        residual_bounds: RESIDUAL_SLACK · tol · max |λ| for each eigenpair, with the tolerance
+            of its end of the spectrum. A residual above its bound means the Hessian-vector
+            products are too coarse for the eigenvalue, typically float32 products near a
+            minimum with a training loss close to 0; float64 fixes that.
         grad_norm: L2 norm of the loss gradient over the block.
         trace: Hutchinson estimate of tr(H), or None when not computed.
         trace_standard_error: its standard error, or None.
@@ -184,6 +192,7 @@ class BlockCurvature:
     size: int
     eigenvalues: tuple[float, ...]
     residuals: tuple[float, ...]
+    residual_bounds: tuple[float, ...]
     grad_norm: float
     trace: float | None
     trace_standard_error: float | None
@@ -192,10 +201,12 @@ class BlockCurvature:
     seconds: float
 
     def __post_init__(self) -> None:
-        if len(self.eigenvalues) != len(self.residuals) or not self.eigenvalues:
+        counts = {len(self.eigenvalues), len(self.residuals), len(self.residual_bounds)}
+        if len(counts) != 1 or not self.eigenvalues:
             raise ValueError(
-                f"BlockCurvature got {len(self.eigenvalues)} eigenvalues and "
-                f"{len(self.residuals)} residuals: expected the same non-zero number of each."
+                f"BlockCurvature got {len(self.eigenvalues)} eigenvalues, {len(self.residuals)} "
+                f"residuals and {len(self.residual_bounds)} bounds: expected the same non-zero "
+                "number of each."
             )
         if list(self.eigenvalues) != sorted(self.eigenvalues):
             raise ValueError(f"eigenvalues={self.eigenvalues} are not in increasing order.")
@@ -204,6 +215,11 @@ class BlockCurvature:
     def lambda_max(self) -> float:
         """The largest computed eigenvalue."""
         return self.eigenvalues[-1]
+
+    @property
+    def converged(self) -> bool:
+        """Whether every residual is within its bound (see ``residual_bounds``)."""
+        return all(r <= b for r, b in zip(self.residuals, self.residual_bounds, strict=True))
 
     @property
     def lambda_min(self) -> float | None:
@@ -270,6 +286,7 @@ def block_curvature(
         problem, n, k=k, which="largest", tol=tol, generator=torch.Generator().manual_seed(seed)
     )
     eigenvalues, residuals = top.eigenvalues, top.residuals
+    tolerances = torch.full_like(eigenvalues, tol)
     n_matvecs = top.n_matvecs
 
     verdict = None
@@ -290,11 +307,13 @@ def block_curvature(
         )
         eigenvalues = torch.cat([bottom.eigenvalues + shift, eigenvalues])
         residuals = torch.cat([bottom.residuals, residuals])
+        tolerances = torch.cat([torch.full_like(bottom.eigenvalues, tol_smallest), tolerances])
         n_matvecs += bottom.n_matvecs
 
     # The two ends can overlap for a small block; sorting keeps the pairs together.
     order = torch.argsort(eigenvalues)
-    eigenvalues, residuals = eigenvalues[order], residuals[order]
+    eigenvalues, residuals, tolerances = eigenvalues[order], residuals[order], tolerances[order]
+    bounds = RESIDUAL_SLACK * tolerances * eigenvalues.abs().max()
 
     grad_norm = float(problem.gradient().norm())
     if both_ends:
@@ -315,6 +334,7 @@ def block_curvature(
         size=n,
         eigenvalues=tuple(eigenvalues.tolist()),
         residuals=tuple(residuals.tolist()),
+        residual_bounds=tuple(bounds.tolist()),
         grad_norm=grad_norm,
         trace=trace,
         trace_standard_error=trace_error,
