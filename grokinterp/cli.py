@@ -73,7 +73,7 @@ def _add_analyze(subparsers: argparse._SubParsersAction) -> None:
         "--max-checkpoints",
         type=int,
         default=defaults.max_checkpoints,
-        help="most checkpoints in the trajectory section, the initialisation included "
+        help="maximum number of checkpoints in the trajectory section, the initialisation included "
         f"(default {defaults.max_checkpoints})",
     )
     parser.add_argument(

@@ -197,7 +197,7 @@ def plot_token_dynamics(
     stagnant: Sequence[int],
     title: str,
 ) -> Figure:
-    """Row norms of E over training (left) and final norm against update count (right).
+    """Row norms of E over training (left) and final norm against update frequency (right).
 
     ``embed_norm`` is [step, vocab]; only the ``candidates`` columns are drawn, with the
     stagnant tokens in red.
@@ -209,18 +209,18 @@ def plot_token_dynamics(
     norm_axis, count_axis = figure.subplots(1, 2)
 
     # Row norms are first recorded after the first training step, so step 0 is left out.
-    shown = steps > 0
+    recorded = steps > 0
     for token in candidates:
         is_stagnant = int(token) in stagnant_set
         norm_axis.plot(
-            steps[shown],
-            embed_norm[shown, token],
+            steps[recorded],
+            embed_norm[recorded, token],
             color="tab:red" if is_stagnant else "0.6",
             linewidth=1.2 if is_stagnant else 0.5,
             alpha=1.0 if is_stagnant else 0.6,
         )
     median = np.median(embed_norm[:, list(candidates)], axis=1)
-    norm_axis.plot(steps[shown], median[shown], color="black", linewidth=1.5, label="median")
+    norm_axis.plot(steps[recorded], median[recorded], color="black", linewidth=1.5, label="median")
     norm_axis.set_xlabel("step")
     norm_axis.set_ylabel("‖e_i‖ (row norm of W_E)")
     norm_axis.set_title("Embedding row norms (red: stagnant)")
@@ -243,19 +243,21 @@ def plot_gradient_heatmaps(gradients: Mapping[int, np.ndarray], title: str) -> F
     """Heat maps of ∇_E L at several steps: one row per token, one column per embedding unit.
 
     Each panel has its own symmetric colour range, because gradient sizes change by orders of
-    magnitude during training; rows of tokens absent from the batch are exactly 0 (white).
+    magnitude during training. The range ends at the 99th percentile of |∇|, so the few large
+    rows of the op and "=" tokens (present in every batch) do not wash out the operand rows.
+    Rows of tokens absent from the batch are exactly 0 (white).
     """
     count = max(1, len(gradients))
-    figure = Figure(figsize=(3.2 * count + 0.8, 4.5))
+    figure = Figure(figsize=(3.4 * count + 0.8, 4.8), layout="constrained")
     axes = np.atleast_1d(figure.subplots(1, count))
     for axis, (step, gradient) in zip(axes, gradients.items(), strict=False):
         gradient = np.asarray(gradient, dtype=float)
-        limit = float(np.max(np.abs(gradient))) or 1.0
+        limit = float(np.percentile(np.abs(gradient), 99)) or float(np.max(np.abs(gradient))) or 1.0
         image = axis.imshow(gradient, aspect="auto", cmap="RdBu_r", vmin=-limit, vmax=limit, interpolation="nearest")
         empty = int((np.abs(gradient).sum(axis=1) == 0).sum())
         axis.set_title(f"step {step} ({empty} empty rows)", fontsize=9)
         axis.set_xlabel("embedding unit")
-        figure.colorbar(image, ax=axis, fraction=0.046, pad=0.04)
+        figure.colorbar(image, ax=axis, fraction=0.08, pad=0.02)
     axes[0].set_ylabel("token id")
     figure.suptitle(title)
     return figure
@@ -318,12 +320,16 @@ def plot_trajectory(
     axes[5].set_ylabel("train loss (nats, log)")
     axes[5].set_title("Progress measures (addition)")
 
-    for axis in axes:
+    for index, axis in enumerate(axes):
         mark_grok_steps(axis, grok)
         axis.set_xlabel("step")
-        handles, _ = axis.get_legend_handles_labels()
+        handles, labels = axis.get_legend_handles_labels()
+        # The grok-step lines are the same in every panel, so only the first panel lists them.
+        if index > 0:
+            kept = [(h, label) for h, label in zip(handles, labels, strict=True) if "acc ≥" not in label]
+            handles, labels = [h for h, _ in kept], [label for _, label in kept]
         if handles:
-            axis.legend(loc="best", fontsize=7)
+            axis.legend(handles, labels, loc="best", fontsize=7)
     figure.suptitle(title)
     figure.tight_layout()
     return figure

@@ -1,7 +1,7 @@
 """Bilinear coupling of the embedding E and the first layer W that reads it.
 
 "Mechanistic Insights into Grokking from the Embedding Layer" (arXiv 2505.15624) observes that
-the first layer of the embedding MLP sees E and W only through their product P = E W. With
+the first layer of the embedding MLP reads E and W only through their product P = E W. With
 G = ∂L/∂P the chain rule gives
 
     ∇_E L = G Wᵀ        and        ∇_W L = Eᵀ G,
@@ -15,7 +15,7 @@ are equal:
     (‖∇_E L‖ / ‖∇_W L‖) / (σ_max(W) / σ_max(E)) = a_E / a_W.
 
 Layout: W is `grokinterp.models.first_layer_matrix`, [d_embed, n_ctx·d_mlp] for the MLP, so P
-is [d_vocab, n_ctx·d_mlp] and column block ``pos`` of P holds every token's contribution to the
+is [d_vocab, n_ctx·d_mlp] and column block ``pos`` of P contains every token's contribution to the
 pre-activation when it sits at position ``pos``. In the transformer W is W_V with its heads side
 by side, and E also reaches the loss through the queries, keys and the residual stream; the
 identity above covers only the value path, so the report gives the gradient norms without the
@@ -161,7 +161,7 @@ class GradientRelation:
         grad_norm_W: ‖∇_W L‖_F.
         grad_ratio: ‖∇_E L‖ / ‖∇_W L‖ (inf when ∇_W L = 0).
         predicted_ratio: σ_max(W) / σ_max(E).
-        agreement: grad_ratio / predicted_ratio; 1 when the prediction holds exactly.
+        agreement: grad_ratio / predicted_ratio, which is 1 when the prediction is exact.
         upstream_norm: ‖G‖_F with G = ∂L/∂(E W), or None where G is not defined.
         alignment_E: ‖∇_E L‖ / (σ_max(W) ‖G‖), in [0, 1], or None.
         alignment_W: ‖∇_W L‖ / (σ_max(E) ‖G‖), in [0, 1], or None.
@@ -428,7 +428,7 @@ class UpdateBalance:
 
     Attributes:
         lr_E: learning rate of the optimiser's "embed" group.
-        lr_W: learning rate of the "rest" group, which holds W.
+        lr_W: learning rate of the "rest" group, which contains W.
         lr_ratio: lr_E / lr_W, the c in force.
         frequencies: the `UpdateFrequencies` used.
         effective_update_ratio: (lr_E · f_E · ‖∇_E L‖) / (lr_W · f_W · ‖∇_W L‖), the ratio of

@@ -129,7 +129,7 @@ def _transformer_loss_fn(model: nn.Module) -> LossFn:
         probe = torch.zeros(1, model.cfg.n_ctx, dtype=torch.long, device=model.embed.W_E.device)
         fast_answer_logits(model, probe)
     except (TypeError, NotImplementedError, ValueError, AttributeError) as error:
-        logger.info("The fast answer path does not apply (%s), so the full forward is used.", error)
+        logger.info("The fast answer path does not apply (%s), so the full forward pass is used.", error)
         return model_loss_fn(model)
 
     wrapper = _FastAnswer(model)
@@ -256,7 +256,7 @@ def block_curvature(
 
     The verdict uses τ = ``tau_factor`` · max |λ| over the computed eigenvalues: an eigenvalue
     below -τ is a direction of negative curvature. Without a gradient threshold the verdict
-    describes curvature only; ``grad_norm`` says how close the point is to stationary.
+    describes curvature only, and ``grad_norm`` shows how close the point is to stationary.
 
     Args:
         problem: the block's Hessian, e.g. from `model_curvature`.

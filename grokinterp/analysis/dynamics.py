@@ -40,7 +40,7 @@ class TokenHistory:
         appearance_count: steps whose batch contained each token, cumulative, [step, vocab].
         grad_norm_mean: running mean of ‖∇_{e_i} L‖ over the steps with the token.
         embed_norm: ‖e_i‖ after each step. Row norms are first observed at the first training
-            step, so a row at step 0 holds zeros.
+            step, so the row of step 0 contains zeros.
     """
 
     steps: Int[Tensor, " step"]

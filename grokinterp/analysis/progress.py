@@ -43,7 +43,7 @@ DEFAULT_GRID_BATCH = 4096
 def grid_tokens(task: TaskConfig) -> Int[Tensor, "pair pos"]:
     """Build the inputs of all p² operand pairs in grid order.
 
-    Row ``a * p + b`` holds the pair (a, b) in the task's layout: ``[a, op, b, =]`` or
+    Row ``a * p + b`` contains the pair (a, b) in the task's layout: ``[a, op, b, =]`` or
     ``[a, b, =]``. So ``values.reshape(p, p, ...)[a, b]`` belongs to (a, b).
 
     Example:
@@ -178,10 +178,10 @@ def progress_measures(
 ) -> ProgressMeasures:
     """Compute neuron frequency clusters and the restricted and excluded training losses.
 
-    Key frequencies come from the neuron clusters (as `fourier.neuron_key_frequencies`), unless
-    ``frequencies`` is given; when no neuron clusters, the embedding spectrum's key frequencies
-    are used if the model has an embedding. The losses are defined for addition only: for other
-    operations they are None and ``not_applicable`` says why.
+    Key frequencies come from the neuron clusters (as in `fourier.neuron_key_frequencies`)
+    unless ``frequencies`` is given. When no neuron joins a cluster, the embedding spectrum's
+    key frequencies are used instead, if the model has an embedding. The losses are defined for addition only: for other
+    operations they are None and ``not_applicable`` gives the reason.
 
     Args:
         model: a HookedMLP or a one-layer HookedTransformer.

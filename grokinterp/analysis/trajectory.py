@@ -1,10 +1,15 @@
 """Trajectories of a run's analysis over its checkpoints.
 
 For a subsample of a run's checkpoints (and its initialisation, which the config's seed
-rebuilds exactly) this module computes the quantities the paper and Nanda et al. 2023 follow
-over training: accuracy and loss, the largest Hessian eigenvalues of the E and W blocks and
-both extreme eigenvalues of the whole Hessian, the ranks of E, W and E W, σ_max(E) / σ_max(W),
-the Fourier sparsity of W_E and W_U, and for addition the restricted and excluded losses.
+rebuilds exactly) this module computes the quantities that "Mechanistic Insights into Grokking
+from the Embedding Layer" (arXiv 2505.15624) and Nanda et al. 2023 follow over training:
+
+* accuracy and loss;
+* the largest Hessian eigenvalues of the E and W blocks, and both extreme eigenvalues of the
+  whole Hessian with its saddle verdict;
+* the ranks of E, W and E W, and σ_max(E) / σ_max(W);
+* the Fourier sparsity of W_E and W_U;
+* for addition, the restricted and excluded losses.
 
 Every checkpoint costs a few Lanczos runs, so the Hessian settings are cheaper than in a
 single-checkpoint report: one eigenvalue per end (k = 1) and a looser tolerance.
@@ -238,14 +243,14 @@ def checkpoint_trajectory(
     """Analyse at most ``max_checkpoints`` checkpoints of a run, evenly spread over training.
 
     The initialisation (step 0, rebuilt from the config's seeds) counts as a checkpoint when
-    ``include_init`` is true; the first and the last candidate are always analysed. The
+    ``include_init`` is true. The first and the last candidate are always analysed. The
     restricted and excluded losses of every point use the key frequencies of the last point's
     neuron clusters, unless ``key_frequencies`` is given, so that one set of frequencies is
     followed over training as Nanda et al. 2023 do.
 
     Args:
         run_dir: a run directory with checkpoints.
-        max_checkpoints: the most points to analyse, at least 2.
+        max_checkpoints: maximum number of points to analyse, at least 2.
         include_init: whether step 0 is a candidate.
         hessian: False skips the eigenvalues (they dominate the cost).
         hessian_tol: ARPACK tolerance for the k = 1 Lanczos runs.
