@@ -176,8 +176,8 @@ def fast_answer_logits(
     n_heads, d_model, d_head = attn.W_Q.shape
     batch, n_pos = tokens.shape
 
-    # The residual before attention is W_E[token] + W_pos[pos]. Row pos * d_vocab + token of
-    # resid_table holds it for every possible (pos, token) pair.
+    # The residual before attention is W_E[token] + W_pos[pos], so resid_table lists it for
+    # every possible (pos, token) pair, at row pos * d_vocab + token.
     resid_table = (model.embed.W_E[None, :, :] + model.pos_embed.W_pos[:n_pos, None, :]).reshape(
         n_pos * cfg.d_vocab, d_model
     )
