@@ -17,7 +17,7 @@ from grokinterp.checkpoint import (
     read_manifest,
     read_metrics,
 )
-from grokinterp.experiments import with_seed
+from grokinterp.experiments import ensure_runs, run_directory, with_seed
 from grokinterp.models import build_model
 from grokinterp.tasks import all_pairs
 from grokinterp.training.batched import (
@@ -276,3 +276,45 @@ def test_repeated_run_directory_rejected(tmp_path: Path, micro_config: RunConfig
     configs = [micro_config, with_seed(micro_config, 1)]
     with pytest.raises(ValueError, match="repeat a directory"):
         train_batched(configs, [tmp_path / "run", tmp_path / "run"], progress=False)
+
+
+def test_ensure_runs_batches_seed_groups(tmp_path: Path, micro_config: RunConfig) -> None:
+    cfg = apply_overrides(micro_config, ["train.early_stop_evals=0"])
+    other = apply_overrides(cfg, ["optim.lr=0.02"])
+    adaptive = apply_overrides(cfg, ["optim.lr_ratio=adaptive", "optim.adaptive_every=10"])
+    configs = [
+        *(with_seed(cfg, seed) for seed in SEEDS),
+        with_seed(other, 0),
+        with_seed(other, 1),
+        with_seed(adaptive, 0),
+        with_seed(cfg, 0),  # listed twice, trained once
+    ]
+    directories = ensure_runs(configs, tmp_path / "runs", progress=False, max_batch=2)
+
+    assert directories == [run_directory(config, tmp_path / "runs") for config in configs]
+    manifests = [read_manifest(directory) for directory in directories]
+    assert all(manifest["status"] == "completed" for manifest in manifests)
+    # Three seeds of cfg in batches of at most two, the two of `other` together, the adaptive
+    # run alone with train().
+    assert [manifest.get("batched", {}).get("members") for manifest in manifests] == [
+        2, 2, 1, 2, 2, None, 2,
+    ]
+    reference = train(with_seed(cfg, 2), tmp_path / "reference", progress=False)
+    last = load_checkpoint(list_checkpoints(directories[2])[-1][1])
+    _assert_same_weights(last.model, reference.model, MATMUL_ATOL)
+
+
+def test_ensure_runs_resumes_partial_run(tmp_path: Path, micro_config: RunConfig) -> None:
+    cfg = apply_overrides(micro_config, ["train.early_stop_evals=0"])
+    directory = ensure_runs([cfg], tmp_path, progress=False)[0]
+    manifest_path = directory / "manifest.json"
+    manifest_path.write_text(manifest_path.read_text().replace('"completed"', '"interrupted"'))
+    for _, path in list_checkpoints(directory)[1:]:
+        path.unlink()
+
+    ensure_runs([cfg, with_seed(cfg, 1)], tmp_path, progress=False)
+    manifest = read_manifest(directory)
+    assert manifest["status"] == "completed"
+    # The resumed run continued with train(), which writes no "batched" entry.
+    assert "batched" not in manifest
+    assert [step for step, _ in list_checkpoints(directory)] == [20, 40, 60]
