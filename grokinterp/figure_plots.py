@@ -2,9 +2,9 @@
 
 Like :mod:`grokinterp.plotting`, every function returns a ``matplotlib.figure.Figure`` built
 without pyplot's global state; :func:`grokinterp.plotting.save_figure` writes one. Curves over
-seeds are drawn as the mean with a shaded band from the minimum to the maximum over seeds, and
-the grok step of a condition (mean over the seeds that reached test accuracy 0.99) as a dotted
-vertical line in the condition's colour.
+seeds are drawn as the mean with a shaded band from the minimum to the maximum over seeds. The
+grok step of a condition is a dotted vertical line in the condition's colour, at the mean step
+over the seeds that reached test accuracy 0.99.
 """
 
 from __future__ import annotations
@@ -85,7 +85,7 @@ def plot_panels(
     panel_size: tuple[float, float] = (5.2, 3.6),
     legend_loc: str = "best",
 ) -> Figure:
-    """A grid of panels of curves over training steps, with grok steps marked.
+    """Draw a grid of panels of curves over training steps, with grok steps marked.
 
     Args:
         panels: the panels, filled row by row.
@@ -136,7 +136,7 @@ def plot_gradient_heatmaps(
     suptitle: str,
     n_seeds: int,
 ) -> Figure:
-    """Heat maps of ∇_E L (rows: tokens, columns: embedding dimensions) and absent-token fractions.
+    """Draw heat maps of ∇_E L (rows: tokens, columns: embedding dimensions) and absent tokens.
 
     Args:
         gradients: ``gradients[row][col]`` is the gradient ``[vocab, d_embed]`` of one setting
@@ -207,7 +207,7 @@ def plot_lr_ratio_sweep(
     suptitle: str,
     n_seeds: int,
 ) -> Figure:
-    """Test accuracy curves for each embedding lr ratio c, and the steps to grok against c."""
+    """Draw test accuracy for each embedding lr ratio c, and the steps to grok against c."""
     figure = Figure(figsize=(12, 4.4))
     curve_axis, grok_axis = figure.subplots(1, 2, gridspec_kw={"width_ratios": [1.5, 1]})
     for curve in curves:
@@ -252,7 +252,7 @@ def plot_token_frequencies(
     suptitle: str,
     n_seeds: int,
 ) -> Figure:
-    """Per-operand-value counts in the training and test sets, one panel per split strategy."""
+    """Draw per-operand-value counts in the train and test sets, one panel per split strategy."""
     figure = Figure(figsize=(5.0 * len(panels), 3.8))
     axes = np.atleast_1d(figure.subplots(1, len(panels), sharey=True))
     for axis, (title, curves) in zip(axes, panels, strict=True):
@@ -276,12 +276,16 @@ def plot_embedding_spectra(
     suptitle: str,
     n_seeds: int,
 ) -> Figure:
-    """Embedding DFT per condition: one seed's spectrum (top), sorted spectra over seeds (bottom).
+    """Draw the embedding DFT per condition: seed 0's spectrum above, all seeds' sorted below.
 
-    Each column is a dict with ``title``, ``spectrum`` (amplitudes of frequencies 0..p//2 for
-    seed 0), ``key_frequencies`` (of seed 0), ``sorted`` (a :class:`Curve` of the non-constant
-    amplitudes sorted in decreasing order, normalised to unit energy, over seeds) and
-    ``summary`` (a line of text).
+    Each column is a dict with these keys:
+
+    - ``title``: the column title.
+    - ``spectrum``: amplitudes of frequencies 0..p//2 for seed 0.
+    - ``key_frequencies``: the key frequencies of seed 0.
+    - ``sorted``: a :class:`Curve` over seeds of the non-constant amplitudes in decreasing
+      order, normalised to unit energy.
+    - ``summary``: a line of text under the sorted spectra.
     """
     ncols = len(columns)
     figure = Figure(figsize=(4.8 * ncols, 7.0))
@@ -334,7 +338,7 @@ def plot_saddles(
     suptitle: str,
     n_seeds: int,
 ) -> Figure:
-    """Extreme Hessian eigenvalues over training, saddle verdicts per seed and accuracy.
+    """Draw extreme Hessian eigenvalues over training, accuracy and each seed's saddle verdicts.
 
     Args:
         eigen_panels: panels of λ curves (e.g. λ_min and λ_max per block).
@@ -406,7 +410,7 @@ def plot_token_norms(
     suptitle: str,
     n_seeds: int,
 ) -> Figure:
-    """Per-token embedding norms over training, rare tokens highlighted.
+    """Draw per-token embedding norms over training, rare tokens highlighted.
 
     Args:
         steps: evaluation steps of seed 0, shape [n_evals].

@@ -181,7 +181,8 @@ def test_figures_share_runs() -> None:
     fig06 = planned_runs(["fig06"], scale)
     both = planned_runs(["fig05", "fig06"], scale)
     # c = 1 and c = 10 on addition are Fig. 6's Adam and Adam-LR runs.
-    assert len(fig05) == 8 and len(fig06) == 8
+    assert len(fig05) == 8
+    assert len(fig06) == 8
     assert len(both) == 14
 
 

@@ -24,13 +24,13 @@ def band_curve(
     band: SeedBand, label: str, color: str | None = None, linestyle: str = "-",
     linewidth: float = 1.6,
 ) -> Curve:
-    """A :class:`Curve` of a band's mean with its min–max range."""
+    """Turn a band into a :class:`Curve` of its mean with its min–max range."""
     return Curve(label=label, steps=band.steps, mean=band.mean, low=band.low, high=band.high,
                  color=color, linestyle=linestyle, linewidth=linewidth)
 
 
 def test_grok_mark(run_dirs: Sequence[Path], color: str, label: str) -> list[GrokMark]:
-    """A mark at the mean test grok step of the seeds that grokked (none if no seed did)."""
+    """Mark the mean test grok step of the seeds that grokked (no mark if none did)."""
     steps = grok_steps(run_dirs)
     mean = steps.mean_test()
     if mean is None:
@@ -43,7 +43,7 @@ def test_grok_mark(run_dirs: Sequence[Path], color: str, label: str) -> list[Gro
 def accuracy_curves(
     run_dirs: Sequence[Path], label: str, color: str, with_train: bool = True
 ) -> tuple[list[Curve], dict[str, Any]]:
-    """Test (solid) and train (dashed) accuracy curves of a condition, and their data."""
+    """Build the test (solid) and train (dashed) accuracy curves of a condition, and their data."""
     test = metric_band(run_dirs, "test_acc")
     curves = [band_curve(test, f"{label}, test", color)]
     data: dict[str, Any] = {"test_acc": test.as_dict(), "grok": grok_steps(run_dirs).as_dict(),

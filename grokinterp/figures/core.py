@@ -56,8 +56,9 @@ class FigureScale:
         eval_every: steps between evaluations.
         checkpoint_every: steps between checkpoints, which the curvature, rank and Fourier
             figures analyse.
-        max_checkpoints: most checkpoints per run that the Hessian figures analyse, spread
-            evenly over the run, because each costs tens of Hessian-vector products.
+        max_checkpoints: maximum number of checkpoints per run that the Hessian figures
+            analyse, spread evenly over the run, because each costs tens of Hessian-vector
+            products.
         seeds: number of seeds per condition (seeds 0 .. seeds − 1).
         lanczos_steps: Hessian-vector products per block and checkpoint in the curvature
             figures (see :func:`grokinterp.figures.measures.lanczos_extremes`).
@@ -94,7 +95,7 @@ class FigureScale:
             raise ValueError("FigureScale.split_batch_sizes is empty: give at least one batch size.")
 
     def with_seeds(self, seeds: int | None) -> FigureScale:
-        """This scale with ``seeds`` seeds per condition (None keeps the scale's own)."""
+        """Return this scale with ``seeds`` seeds per condition (None keeps the scale's own)."""
         if seeds is None:
             return self
         if isinstance(seeds, bool) or not isinstance(seeds, int) or seeds < 1:
@@ -151,7 +152,7 @@ QUICK_SCALE = FigureScale(
 
 
 def mlp_config(scale: FigureScale, *overrides: str) -> RunConfig:
-    """The embedding MLP of the paper at ``scale``, with ``section.field=value`` overrides.
+    """Build the paper's embedding MLP config at ``scale``, with ``section.field=value`` overrides.
 
     Example: ``mlp_config(scale, "task.op=multiply", "optim.embed_lr_ratio=10")`` is Adam-LR on
     multiplication.
@@ -173,7 +174,7 @@ def mlp_config(scale: FigureScale, *overrides: str) -> RunConfig:
 
 
 def transformer_config(scale: FigureScale, *overrides: str) -> RunConfig:
-    """The ``tiny-transformer`` preset at ``scale``, early stopping off, with overrides."""
+    """Build the ``tiny-transformer`` config at ``scale``, early stopping off, with overrides."""
     base = apply_overrides(
         get_preset("tiny-transformer"),
         [*scale.transformer_overrides, "train.early_stop_evals=0"],
@@ -182,15 +183,15 @@ def transformer_config(scale: FigureScale, *overrides: str) -> RunConfig:
 
 
 def named(cfg: RunConfig) -> RunConfig:
-    """``cfg`` named by :func:`run_name`, so equal configs get equal names and cached runs."""
+    """Rename ``cfg`` by :func:`run_name`, so equal configs share a name and a cached run."""
     return dataclasses.replace(cfg, name=run_name(cfg))
 
 
 def run_name(cfg: RunConfig) -> str:
-    """A readable name built from the settings that the figures vary.
+    """Build a readable name from the settings that the figures vary.
 
-    Example: ``mlp-add-b512-lr0.01-c10-wd0.001-seed0``; the run directory adds the config hash,
-    which tells apart configs that differ in anything else.
+    Example: ``mlp-add-b512-lr0.01-c10-wd0.001-seed0``. The run directory adds the config hash,
+    which separates configs that differ in any other setting.
     """
     model = cfg.model.kind if cfg.model.input_mode == "embed" else f"mlp_{cfg.model.input_mode}"
     parts = [model, cfg.task.op]
@@ -208,7 +209,7 @@ def run_name(cfg: RunConfig) -> str:
 
 
 def over_seeds(cfg: RunConfig, scale: FigureScale) -> list[RunConfig]:
-    """``cfg`` once per seed 0 .. scale.seeds − 1 (data split, initialisation, batch order)."""
+    """Copy ``cfg`` once per seed 0 .. scale.seeds − 1 (data split, initialisation, batch order)."""
     return [named(with_seed(cfg, seed)) for seed in range(scale.seeds)]
 
 
@@ -259,7 +260,10 @@ def register(
 
 
 def resolve_names(names: Sequence[str] | None) -> list[str]:
-    """Check figure names (a unique prefix such as ``fig02`` is enough); None means all."""
+    """Resolve names or unique prefixes (such as ``fig02``) to figure names, in registry order.
+
+    None or an empty list means every figure.
+    """
     if not names:
         return list(FIGURES)
     resolved = []
@@ -273,4 +277,5 @@ def resolve_names(names: Sequence[str] | None) -> list[str]:
             )
         if matches[0] not in resolved:
             resolved.append(matches[0])
-    return resolved
+    order = list(FIGURES)
+    return sorted(resolved, key=order.index)

@@ -53,7 +53,7 @@ from grokinterp.tasks import all_pairs, make_split, split_statistics
 from grokinterp.training.config import config_from_dict
 
 # The transformer preset trains with AdamW (decoupled weight decay 1.0), so its methods are named
-# after it; the colours match the Adam methods of the MLP figures.
+# after it. Their colours match those of the Adam methods in the MLP figures.
 TRANSFORMER_METHODS = {
     "AdamW": ((), METHOD_COLORS["Adam"]),
     "AdamW-LR": (("optim.embed_lr_ratio=10",), METHOD_COLORS["Adam-LR"]),
@@ -69,7 +69,7 @@ def _transformer_conditions(scale: FigureScale) -> Conditions:
 
 
 def _lr_ratio_band(run_dirs: list[Path]) -> SeedBand:
-    """c = η_E / η_W at each evaluation, from the learning rates logged in metrics.jsonl."""
+    """Read c = η_E / η_W at each evaluation from the learning rates logged in metrics.jsonl."""
     steps, ratios = [], []
     for run_dir in run_dirs:
         rows = read_metrics(run_dir)

@@ -116,7 +116,7 @@ def lanczos_extremes(
 
 
 def block_names(model: torch.nn.Module) -> dict[str, list[str]]:
-    """Parameter blocks ``E``, ``W`` and ``E+W`` (the embedding, the first layer reading it, both)."""
+    """Name the parameter blocks ``E`` (the embedding), ``W`` (the first layer reading it) and ``E+W``."""
     embed = embedding_names(model)
     if not embed:
         raise ValueError(
@@ -134,7 +134,7 @@ def curvature_measure(
     dtype: torch.dtype = torch.float32,
     chunk_size: int | None = 4096,
 ) -> Measure:
-    """Extreme Hessian eigenvalues of the mean training loss over one block, and a saddle verdict.
+    """Measure the extreme Hessian eigenvalues of the training loss over one block, and a verdict.
 
     ``block`` is ``E``, ``W`` or ``E+W`` (see :func:`block_names`). The measure records θ_min and
     θ_max from :func:`lanczos_extremes` (bounds λ_min ≤ θ_min and θ_max ≤ λ_max, with
@@ -143,8 +143,8 @@ def curvature_measure(
     −τ was found next to one above τ, and "minimum" only that none below −τ was found.
 
     The Hessian is that of the loss on the whole training set, the other parameters held fixed.
-    ``dtype`` sets the precision of the Hessian-vector products; float32 is about twice as fast
-    as float64 and its relative rounding (about 1e-6) is far below ``relative_tau``.
+    ``dtype`` sets the precision of the Hessian-vector products. The default float32 is faster
+    than float64, and its relative rounding (about 1e-6) is far below ``relative_tau``.
     """
     if block not in ("E", "W", "E+W"):
         raise ValueError(f"block={block!r} is unknown: choose E, W or E+W.")
@@ -182,8 +182,11 @@ def curvature_measure(
 
 
 def rank_measure(rtol: float = DEFAULT_RANK_RTOL) -> Measure:
-    """σ_max, numerical rank (singular values above ``rtol`` · σ_max) and effective rank of
-    ``E``, ``W`` and ``E W``, with W as :func:`grokinterp.models.first_layer_matrix`."""
+    """Measure σ_max, numerical rank and effective rank of ``E``, ``W`` and ``E W``.
+
+    The numerical rank counts singular values above ``rtol`` · σ_max, and W is
+    :func:`grokinterp.models.first_layer_matrix`.
+    """
 
     def measure(checkpoint: Checkpoint) -> dict[str, Any]:
         model = checkpoint.model
@@ -200,8 +203,11 @@ def rank_measure(rtol: float = DEFAULT_RANK_RTOL) -> Measure:
 
 
 def fourier_measure(energy_fraction: float = 0.95) -> Measure:
-    """The embedding spectrum over frequencies 0..p//2 and its Gini coefficient, IPR and key
-    frequencies (fewest frequencies holding ``energy_fraction`` of the non-constant energy)."""
+    """Measure the embedding spectrum over frequencies 0..p//2 and how sparse it is.
+
+    The result has the spectrum, its Gini coefficient and IPR, and the key frequencies: the
+    fewest frequencies holding ``energy_fraction`` of the non-constant energy.
+    """
 
     def measure(checkpoint: Checkpoint) -> dict[str, Any]:
         p = checkpoint.config.task.p
@@ -223,13 +229,13 @@ def fourier_measure(energy_fraction: float = 0.95) -> Measure:
 def absent_token_fraction(
     gradient: Float[Tensor, "vocab d_model"], p: int
 ) -> float:
-    """Fraction of the operand tokens 0..p−1 whose embedding-gradient row is exactly zero."""
+    """Compute the fraction of operand tokens 0..p−1 whose embedding-gradient row is exactly zero."""
     rows = gradient[:p].abs().sum(dim=1)
     return float((rows == 0).double().mean())
 
 
 def expected_absent_fraction(p: int, batch_size: int) -> float:
-    """Probability that a given operand value is in none of ``batch_size`` uniform random pairs.
+    """Compute the probability that an operand value is in none of ``batch_size`` random pairs.
 
     Each pair has two operands, each uniform over the p values, so the probability is
     (1 − 1/p)^(2B): about 0.27 for p = 97 and B = 64, and 2.5e-5 for B = 512.

@@ -73,7 +73,7 @@ def task_title(op: str, p: int) -> str:
 
 
 def method_conditions(scale: FigureScale, ops: tuple[str, ...], methods: dict) -> Conditions:
-    """``"{op}/{method}"`` → seeds of the embedding MLP at lr 0.01, batch ``scale.batch_size``."""
+    """Map ``"{op}/{method}"`` to the seeds of the embedding MLP at lr 0.01 and the main batch."""
     return {
         f"{op}/{method}": over_seeds(mlp_config(scale, f"task.op={op}", *overrides), scale)
         for op in ops
@@ -305,7 +305,7 @@ def _fig06(scale: FigureScale, runs: RunDirs, progress: bool) -> FigureOutput:
 def curvature_series(
     run_dirs: list[Path], block: str, scale: FigureScale, bar: Any
 ) -> list[list[dict[str, Any]]]:
-    """Per seed, the curvature of ``block`` at up to ``scale.max_checkpoints`` checkpoints."""
+    """Measure, per seed, the curvature of ``block`` at up to ``scale.max_checkpoints`` checkpoints."""
     settings = {"block": block, "lanczos_steps": scale.lanczos_steps, "relative_tau": 1e-3,
                 "dtype": "float32", "max_checkpoints": scale.max_checkpoints}
     return [

@@ -29,7 +29,7 @@ DEFAULT_RUNS = Path("runs")
 
 @dataclass(frozen=True)
 class WrittenFigure:
-    """Where one figure and its data were written, and how long drawing it took."""
+    """Paths of one written figure and its data, and the seconds spent drawing it."""
 
     name: str
     png: Path
@@ -43,7 +43,7 @@ def scale_for(quick: bool, seeds: int | None = None) -> FigureScale:
 
 
 def planned_runs(names: Sequence[str] | None, scale: FigureScale) -> list[RunConfig]:
-    """Every distinct run the figures ``names`` need at ``scale``, in first-use order."""
+    """List every distinct run that the figures ``names`` need at ``scale``, in first-use order."""
     configs: dict[str, RunConfig] = {}
     for name in resolve_names(names):
         for seeds in FIGURES[name].conditions(scale).values():
@@ -107,7 +107,7 @@ def run_figures(
 
 
 def add_figure_arguments(parser: argparse.ArgumentParser) -> None:
-    """The options shared by ``grokinterp figures`` and the scripts in ``analyses/``."""
+    """Add the options shared by ``grokinterp figures`` and the scripts in ``analyses/``."""
     parser.add_argument(
         "--quick", action="store_true",
         help=f"small models and budgets (p = {QUICK_SCALE.p}, {QUICK_SCALE.steps} steps, "

@@ -76,7 +76,7 @@ class SeedBand:
         return _nan_reduce(np.nanstd, self.values)
 
     def as_dict(self) -> dict[str, Any]:
-        """Steps, per-seed values, mean, min, max and standard deviation as JSON-ready lists."""
+        """Return steps, per-seed values, mean, min, max and standard deviation as JSON lists."""
         return {
             "steps": self.steps.tolist(),
             "per_seed": _json_floats(self.values),
@@ -88,7 +88,7 @@ class SeedBand:
 
 
 def _nan_reduce(reduce: Callable[..., np.ndarray], values: np.ndarray) -> np.ndarray:
-    # A column with no finite value is NaN on purpose; numpy would warn about it.
+    # A column without a finite value stays NaN here, because numpy's nan-reductions warn on it.
     result = np.full(values.shape[1], np.nan)
     finite = np.isfinite(values).any(axis=0)
     if finite.any():
@@ -97,7 +97,7 @@ def _nan_reduce(reduce: Callable[..., np.ndarray], values: np.ndarray) -> np.nda
 
 
 def _json_floats(array: Any) -> Any:
-    """A nested list of floats with NaN and infinities as None, which JSON can hold."""
+    """Convert an array to nested lists of floats, with NaN and infinities as None for JSON."""
     array = np.asarray(array, dtype=float)
     if array.ndim == 0:
         value = float(array)
@@ -139,7 +139,7 @@ def stack_over_seeds(steps: Sequence[Any], values: Sequence[Any]) -> SeedBand:
 
 
 def metric_band(run_dirs: Sequence[Path], key: str) -> SeedBand:
-    """A column of ``metrics.jsonl`` (e.g. ``test_acc``) over the seeds' runs."""
+    """Read a column of ``metrics.jsonl`` (e.g. ``test_acc``) from each seed's run and align it."""
     steps, values = [], []
     for run_dir in run_dirs:
         rows = read_metrics(run_dir)
@@ -194,7 +194,7 @@ def grok_steps(run_dirs: Sequence[Path]) -> GrokSteps:
 
 
 def token_stat_series(run_dir: Path, key: str) -> tuple[np.ndarray, np.ndarray]:
-    """A per-token column of ``token_stats.jsonl`` (e.g. ``embed_norm``) over evaluations.
+    """Read a per-token column of ``token_stats.jsonl`` (e.g. ``embed_norm``) over evaluations.
 
     Returns:
         ``(steps [n_evals], values [n_evals, vocab])``.
@@ -211,7 +211,7 @@ def token_stat_series(run_dir: Path, key: str) -> tuple[np.ndarray, np.ndarray]:
 
 
 def select_checkpoints(run_dir: Path, max_count: int | None = None) -> list[tuple[int, Path]]:
-    """The run's checkpoints, thinned evenly to at most ``max_count`` (first and last kept)."""
+    """List the run's checkpoints, thinned evenly to at most ``max_count`` (first and last kept)."""
     checkpoints = list_checkpoints(run_dir)
     if not checkpoints:
         raise ValueError(f"{run_dir} has no checkpoints: train the run first.")
