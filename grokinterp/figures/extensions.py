@@ -39,7 +39,13 @@ from grokinterp.figures.core import (
     transformer_config,
 )
 from grokinterp.figures.measures import fourier_measure
-from grokinterp.figures.paper import METHODS, curvature_series, method_conditions, task_title
+from grokinterp.figures.paper import (
+    METHODS,
+    count_checkpoints,
+    curvature_series,
+    method_conditions,
+    task_title,
+)
 from grokinterp.figures.series import (
     SeedBand,
     checkpoint_series,
@@ -126,7 +132,7 @@ BLOCK_COLORS = {"E": "tab:green", "W": "tab:purple", "E+W": "tab:brown"}
     _ext2_conditions,
 )
 def _ext2(scale: FigureScale, runs: RunDirs, progress: bool) -> FigureOutput:
-    n_checkpoints = sum(len(d) for d in runs.values()) * 3 * scale.max_checkpoints
+    n_checkpoints = 3 * count_checkpoints(runs.values(), scale.max_checkpoints)
     series: dict[str, dict[str, list]] = {}
     with tqdm(total=n_checkpoints, desc="ext2 Hessian", unit="checkpoint",
               disable=not progress) as bar:

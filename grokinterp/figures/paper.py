@@ -8,6 +8,7 @@ over seeds. Settings the paper does not state are ours and are named where they 
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
@@ -52,6 +53,7 @@ from grokinterp.figures.series import (
     SeedBand,
     checkpoint_series,
     grok_steps,
+    select_checkpoints,
     series_band,
     stack_over_seeds,
 )
@@ -150,7 +152,9 @@ def _fig03_conditions(scale: FigureScale) -> Conditions:
 def _fig03(scale: FigureScale, runs: RunDirs, progress: bool) -> FigureOutput:
     gradients, row_labels, absent, theory, data = [], [], [], [], {}
     colors = ("tab:red", "tab:blue")
-    for (label, run_dirs), color in zip(runs.items(), colors, strict=True):
+    for batch, color in zip(_fig03_batch_sizes(scale), colors, strict=True):
+        label = f"batch {batch}"
+        run_dirs = runs[label]
         per_seed = [load_file(str(Path(d) / EMBED_GRADIENTS)) for d in run_dirs]
         keys = [f"step_{step:06d}" for step in HEATMAP_STEPS]
         gradients.append([per_seed[0][key].double().numpy() for key in keys])
@@ -158,7 +162,6 @@ def _fig03(scale: FigureScale, runs: RunDirs, progress: bool) -> FigureOutput:
         fractions = [[absent_token_fraction(seed[key], scale.p) for key in keys] for seed in per_seed]
         band = stack_over_seeds([HEATMAP_STEPS] * len(per_seed), fractions)
         absent.append(band_curve(band, f"{label}: measured", color))
-        batch = int(label.split()[-1])
         expected = expected_absent_fraction(scale.p, batch)
         theory.append((f"{label}: (1 − 1/p)^(2B) = {expected:.3g}", expected, color))
         data[label] = {"absent_fraction": band.as_dict(), "expected_absent_fraction": expected,
@@ -315,6 +318,11 @@ def curvature_series(
     ]
 
 
+def count_checkpoints(run_dirs: Iterable[list[Path]], max_checkpoints: int) -> int:
+    """Count the checkpoints that the curvature figures analyse in these runs."""
+    return sum(len(select_checkpoints(d, max_checkpoints)) for dirs in run_dirs for d in dirs)
+
+
 def _fig07_conditions(scale: FigureScale) -> Conditions:
     return method_conditions(scale, ("add",), METHODS)
 
@@ -326,7 +334,7 @@ def _fig07_conditions(scale: FigureScale) -> Conditions:
     _fig07_conditions,
 )
 def _fig07(scale: FigureScale, runs: RunDirs, progress: bool) -> FigureOutput:
-    n_checkpoints = sum(len(dirs) for dirs in runs.values()) * 2 * scale.max_checkpoints
+    n_checkpoints = 2 * count_checkpoints(runs.values(), scale.max_checkpoints)
     bands: dict[str, dict[str, SeedBand]] = {}
     data: dict[str, Any] = {}
     with tqdm(total=n_checkpoints, desc="fig07 Hessian", unit="checkpoint",
