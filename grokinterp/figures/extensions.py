@@ -211,7 +211,7 @@ def _ext3(scale: FigureScale, runs: RunDirs, progress: bool) -> FigureOutput:
                 bar.update(len(run_dirs))
 
     panels, data = [], {}
-    for quantity, ylabel in (("gini", "Gini coefficient of the spectrum's energy"),
+    for quantity, ylabel in (("gini", "Gini coefficient of the energy"),
                              ("n_key_frequencies", "frequencies holding 95 % of the energy")):
         for model, methods in models.items():
             curves, marks = [], []
@@ -220,8 +220,7 @@ def _ext3(scale: FigureScale, runs: RunDirs, progress: bool) -> FigureOutput:
                 data[f"{model}/{method}/{quantity}"] = band.as_dict()
                 curves.append(band_curve(band, method, color))
                 marks += test_grok_mark(run_dirs, color, method)
-            panels.append(Panel(title=f"{model}: {ylabel}", curves=curves, marks=marks,
-                                ylabel=ylabel))
+            panels.append(Panel(title=model, curves=curves, marks=marks, ylabel=ylabel))
     figure = plot_panels(
         panels,
         suptitle="How concentrated the embedding's Fourier spectrum is over training "
