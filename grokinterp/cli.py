@@ -169,6 +169,45 @@ _EXTRA_COMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [_add_comp
 DEFAULT_COMPARE_METHODS = ("adam", "adam-lr", "adaptive", "frequency", "grokfast-ema")
 
 
+def _add_figures(subparsers: argparse._SubParsersAction) -> None:
+    from grokinterp.figures import FIGURES, add_figure_arguments
+
+    parser = subparsers.add_parser(
+        "figures",
+        help="regenerate the paper's figures and ours from cached runs",
+        description="Train the runs each figure needs (reusing cached runs with the same config) "
+        "and write NAME.png with NAME.json, the data behind it, for every figure.",
+        epilog=f"Figures: {', '.join(FIGURES)}.",
+    )
+    parser.add_argument(
+        "--only", nargs="+", metavar="NAME",
+        help="figures to draw, by name or unique prefix such as fig02 (default: all)",
+    )
+    add_figure_arguments(parser)
+    parser.add_argument("--list", action="store_true", help="list the figures and exit")
+    parser.set_defaults(handler=_run_figures)
+
+
+_EXTRA_COMMANDS.append(_add_figures)
+
+
+def _run_figures(args: argparse.Namespace) -> int:
+    from grokinterp.figures import FIGURES, resolve_names, run_figures, scale_for
+
+    if args.list:
+        for name, spec in FIGURES.items():
+            print(f"{name:34s} {spec.source:24s} {spec.title}")
+        return 0
+    names = resolve_names(args.only)
+    scale = scale_for(args.quick, args.seeds)
+    written = run_figures(names, scale, args.out, args.runs, progress=not args.quiet)
+    print(f"wrote {len(written)} figure(s) at the {scale.name} scale ({scale.seeds} seed(s)) "
+          f"from runs in {args.runs}:")
+    for figure in written:
+        print(f"  {figure.png}  (data {figure.data.name}, {figure.elapsed_s:.1f} s)")
+    return 0
+
+
 def _run_train(args: argparse.Namespace) -> int:
     from grokinterp.training.loop import train
 
