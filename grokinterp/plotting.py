@@ -333,3 +333,43 @@ def plot_trajectory(
     figure.suptitle(title)
     figure.tight_layout()
     return figure
+
+
+def plot_method_comparison(
+    bands: Mapping[str, Any],
+    test_medians: Mapping[str, float | None],
+    threshold: float,
+    title: str,
+    max_step: float | None = None,
+) -> Figure:
+    """Train and test accuracy against the step per method: mean line, min–max band over seeds.
+
+    ``bands`` maps a method to an object with ``steps`` and ``{train,test}_{mean,low,high}``
+    arrays (:class:`grokinterp.compare.AccuracyBand`); ``test_medians`` gives each method's
+    median step to test accuracy ≥ ``threshold`` (None when not reached), drawn as a dotted line.
+    ``max_step`` cuts the step axis, so that one long run does not squeeze the others.
+    """
+    figure = Figure(figsize=(12, 4.2))
+    train_axis, test_axis = figure.subplots(1, 2, sharey=True)
+    colors = [f"C{i}" for i in range(10)]
+    for index, (label, band) in enumerate(bands.items()):
+        color = colors[index % len(colors)]
+        train_axis.plot(band.steps, band.train_mean, color=color, label=label)
+        train_axis.fill_between(band.steps, band.train_low, band.train_high, color=color, alpha=0.15)
+        test_axis.plot(band.steps, band.test_mean, color=color, label=label)
+        test_axis.fill_between(band.steps, band.test_low, band.test_high, color=color, alpha=0.15)
+        median = test_medians.get(label)
+        if median is not None:
+            test_axis.axvline(median, color=color, linestyle=":", linewidth=1.2)
+
+    for axis, split in ((train_axis, "train"), (test_axis, "test")):
+        axis.axhline(threshold, color="gray", linewidth=0.8, linestyle="--")
+        axis.set_ylim(-0.02, 1.02)
+        if max_step is not None:
+            axis.set_xlim(0, max_step)
+        axis.set_xlabel("step" if max_step is None else f"step (axis cut at {max_step:.0f})")
+        axis.set_title(f"{split} accuracy: mean and min–max over seeds")
+    train_axis.set_ylabel("accuracy (fraction correct)")
+    test_axis.legend(loc="lower right", fontsize=8, title="dotted: median grok step")
+    figure.suptitle(title)
+    return figure

@@ -1,0 +1,1 @@
+"""Benchmark scripts, run by hand from the repository root as ``python -m benchmarks.<name>``."""
