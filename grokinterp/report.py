@@ -742,6 +742,7 @@ def _trajectory_section(ctx: AnalysisContext) -> SectionResult:
         rank_rtol=options.rank_rtol,
         device=ctx.device,
         progress=ctx.progress,
+        method=options.hessian_method,
     )
     points = [
         {key: (_finite(value) if isinstance(value, float) else value) for key, value in dataclasses.asdict(point).items()}

@@ -359,7 +359,7 @@ def model_curvature(
     trace_samples: int = 8,
     tau_factor: float = DEFAULT_TAU_FACTOR,
     seed: int = 0,
-    method: HvpMethod = "auto",
+    method: HvpMethod = "double_backward",
 ) -> dict[str, BlockCurvature]:
     """Compute `block_curvature` for each block of a model's mean training loss.
 
@@ -372,7 +372,11 @@ def model_curvature(
             `block_curvature`; k and k_smallest are capped at half the block size.
         dtype: floating dtype of the Hessian-vector products; float64 for tight tolerances.
         chunk_size: samples per chunk of the data set; None processes it at once.
-        method: the HVP method of `HessianProblem`.
+        method: the HVP method of `HessianProblem`. Double backward is the default because it
+            was the faster one for both grokinterp models: 0.11 s against 0.15 s (forward over
+            reverse) per all-parameter product of the p = 97 MLP on its 2,823 training pairs,
+            on one thread of a loaded 2-core CPU, and 0.26 s against 0.49 s for the E block of
+            the p = 113 transformer.
 
     Returns:
         Block label -> `BlockCurvature`, in the order of ``blocks``.

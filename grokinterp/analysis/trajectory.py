@@ -148,6 +148,7 @@ def _analyse_point(
     dtype: torch.dtype,
     tau_factor: float,
     rank_rtol: float,
+    method: str,
 ) -> TrajectoryPoint:
     p = task.p
     started = time.perf_counter()
@@ -171,6 +172,7 @@ def _analyse_point(
             dtype=dtype,
             both_ends=False,
             trace_samples=0,
+            method=method,
         )
         whole = model_curvature(
             model,
@@ -182,6 +184,7 @@ def _analyse_point(
             dtype=dtype,
             trace_samples=0,
             tau_factor=tau_factor,
+            method=method,
         )["all"]
         lambdas["E"] = curvature["E"].lambda_max if "E" in curvature else None
         lambdas["W"] = curvature["W"].lambda_max
@@ -239,6 +242,7 @@ def checkpoint_trajectory(
     key_frequencies: Sequence[int] | None = None,
     device: str | torch.device = "cpu",
     progress: bool = False,
+    method: str = "double_backward",
 ) -> Trajectory:
     """Analyse at most ``max_checkpoints`` checkpoints of a run, evenly spread over training.
 
@@ -260,6 +264,7 @@ def checkpoint_trajectory(
         key_frequencies: frequencies for the progress measures, or None (see above).
         device: where to run the models.
         progress: show a progress bar.
+        method: the Hessian-vector product method (see `model_curvature`).
 
     Returns:
         A `Trajectory`.
@@ -307,6 +312,7 @@ def checkpoint_trajectory(
             dtype=dtype,
             tau_factor=tau_factor,
             rank_rtol=rank_rtol,
+            method=method,
         )
         points.append(point)
         logger.info("trajectory point at step %d took %.1f s", step, points[-1].seconds)
