@@ -23,6 +23,7 @@ import torch
 from matplotlib.figure import Figure
 
 from grokinterp import plotting
+from grokinterp.analysis.coupling import UpdateFrequencies
 from grokinterp.analysis.spectra import DEFAULT_RANK_RTOL
 from grokinterp.checkpoint import (
     Checkpoint,
@@ -311,9 +312,12 @@ def _fourier_section(ctx: AnalysisContext) -> SectionResult:
     return SectionResult(data=data, figures=figures, markdown=markdown)
 
 
-def _update_frequencies(ctx: AnalysisContext):
+def _update_frequencies(ctx: AnalysisContext) -> UpdateFrequencies:
     from grokinterp.analysis.coupling import frequencies_from_batches, frequencies_from_counts
     from grokinterp.checkpoint import TOKEN_STATS
+
+    # The last interval between two token_stats rows matches the recent window over which the
+    # adaptive controller measures f_E; without a run the batch size predicts it.
 
     cfg = ctx.checkpoint.config
     if ctx.run_dir is not None:

@@ -81,7 +81,9 @@ def test_first_layer_matrix_layout():
 def test_model_without_embedding_has_only_W():
     model = micro_mlp(input_mode="onehot")
     result = bilinear_coupling(model)
-    assert result.E is None and result.EW is None and result.sigma_ratio is None
+    assert result.E is None
+    assert result.EW is None
+    assert result.sigma_ratio is None
     assert result.W.shape == (36, 10)
     with pytest.raises(ValueError, match="has no learned embedding"):
         coupling_gradients(model, *addition_data())
@@ -190,7 +192,8 @@ def test_transformer_gradients_use_answer_position():
     assert torch.allclose(gradients.grad_W[:, 4:], grad_V[1], rtol=ROUNDING, atol=1e-14)
 
     relation = bilinear_coupling(model, pairs.tokens, pairs.labels).gradients
-    assert relation.alignment_E is None and relation.upstream_norm is None
+    assert relation.alignment_E is None
+    assert relation.upstream_norm is None
 
 
 # ---------------------------------------------------------------------------------------------
@@ -208,7 +211,8 @@ def test_frequencies_from_counts():
     frequencies = frequencies_from_counts([0, 10, 50], [20, 10, 100], 50, 100)
     assert frequencies.per_token == (0.4, 0.0, 1.0)
     assert math.isclose(frequencies.f_E, 1.4 / 3)
-    assert frequencies.window == (50, 100) and frequencies.source == "token_stats"
+    assert frequencies.window == (50, 100)
+    assert frequencies.source == "token_stats"
     with pytest.raises(ValueError, match="is not after step_start"):
         frequencies_from_counts([0], [1], 10, 10)
 

@@ -46,7 +46,7 @@ def test_grid_tokens_order():
     task = TaskConfig(p=5)
     tokens = grid_tokens(task)
     assert tokens.shape == (25, 4)
-    # Row a * p + b holds [a, op, b, =].
+    # Row a * p + b contains [a, op, b, =].
     assert tokens[3 * 5 + 1].tolist() == [3, 5, 1, 6]
     assert grid_tokens(TaskConfig(p=5, layout="a_b_eq"))[7].tolist() == [1, 2, 5]
 
@@ -105,7 +105,7 @@ def test_pair_mask_marks_split_pairs():
 def frequency_mlp(p: int, k: int, d_mlp: int = 8) -> HookedMLP:
     """A HookedMLP whose neurons compute c_j + cos(w_k a + φ_j) + cos(w_k b + ψ_j) > 0.
 
-    The embedding row of residue x holds cos(w_k x) and sin(w_k x), the first layer mixes
+    The embedding row of residue x contains cos(w_k x) and sin(w_k x). The first layer mixes
     them with phases, and a bias of 3 keeps the pre-activation positive, so the ReLU is the
     identity and every neuron's variance lies in frequency k.
     """
@@ -148,7 +148,8 @@ def test_other_operations_are_not_applicable():
     measures = progress_measures(frequency_mlp(p, k), task, pair_mask(pairs, split.train, p))
 
     assert measures.key_frequencies == (k,)
-    assert measures.restricted_loss is None and measures.excluded_loss is None
+    assert measures.restricted_loss is None
+    assert measures.excluded_loss is None
     assert "defined for addition" in measures.not_applicable
 
 

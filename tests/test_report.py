@@ -77,7 +77,12 @@ def documented_keys() -> dict[str | None, list[str]]:
     for line in DOCS.read_text().splitlines():
         if line.startswith("## "):
             match = re.match(r"## Section `(\w+)`", line)
-            current = match.group(1) if match else (None if line == "## Top level" else "other")
+            if match:
+                current = match.group(1)
+            elif line == "## Top level":
+                current = None
+            else:
+                current = "other"
             keys.setdefault(current, [])
         elif line.startswith("| `") and current not in ("preamble", "other"):
             keys[current].append(line.split("`")[1])
@@ -220,7 +225,8 @@ def test_numeric_mlp_report(tmp_path: Path):
 
     check_schema(data)
     sections = data["sections"]
-    assert sections["coupling"]["E"] is None and sections["coupling"]["gradients"] is None
+    assert sections["coupling"]["E"] is None
+    assert sections["coupling"]["gradients"] is None
     assert sections["fourier"]["embedding_spectrum"] is None
     assert "skipped" in sections["dynamics"]
     assert set(sections["hessian"]["blocks"]) == {"W", "all"}
@@ -307,11 +313,12 @@ def test_lanczos_matches_dense_at_both_ends(build):
     for label, block in curvature.items():
         dense = dense_hessian(model_loss_fn(model), params, tokens, labels, block=block.names, dtype=torch.float64)
         exact = torch.linalg.eigvalsh(dense)
-        expected = torch.cat([exact[:2], exact[-2:]])
+        computed = torch.tensor(block.eigenvalues, dtype=torch.float64)
         scale = float(exact.abs().max())
-        # 1e-6 of the spectral scale: Lanczos at tol 1e-12 is far tighter, the slack is for the
-        # shifted smallest end, whose tolerance is relative to lambda_max.
-        assert torch.allclose(torch.tensor(block.eigenvalues, dtype=torch.float64), expected, rtol=0, atol=1e-6 * scale), label
+        # The largest eigenvalues to 1e-6 relative each. The smallest lie near 0, where a
+        # relative error means nothing, so they are compared to 1e-6 of the spectral scale.
+        assert torch.allclose(computed[2:], exact[-2:], rtol=1e-6, atol=0), label
+        assert torch.allclose(computed[:2], exact[:2], rtol=0, atol=1e-6 * scale), label
         assert block.converged, label
 
 
