@@ -78,6 +78,13 @@ _METHODS = (
         "clipped to [0.5, 32]",
         ("optim.lr_ratio=adaptive",),
     ),
+    # With k = 1 the ratio settles near 1 once σ_max(E) ≈ σ_max(W); k = 10 makes that settled
+    # value the paper's fixed c = 10.
+    Method(
+        "adaptive-k10",
+        "the adaptive ratio with k = 10, so that balanced σ_max(E) ≈ σ_max(W) gives c ≈ 10",
+        ("optim.lr_ratio=adaptive", "optim.adaptive_k=10"),
+    ),
     Method(
         "frequency",
         f"online frequency-aware sampler, tokens drawn with p_i ∝ exp(g_i²/γ), γ = {FREQUENCY_GAMMA:g}",

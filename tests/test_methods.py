@@ -46,6 +46,7 @@ def test_expected_changes_on_paper_mlp() -> None:
         "adamw": {"optim.name": "adamw"},
         "adam-lr": {"optim.embed_lr_ratio": 10.0},
         "adaptive": {"optim.lr_ratio": "adaptive"},
+        "adaptive-k10": {"optim.lr_ratio": "adaptive", "optim.adaptive_k": 10.0},
         "frequency": {"train.sampler": "frequency", "train.sampler_gamma": 0.01},
         "balanced": {"train.sampler": "balanced"},
         "grokfast-ema": {"optim.grokfast": "ema"},
