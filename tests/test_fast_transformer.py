@@ -200,7 +200,7 @@ def test_fast_logits_match_shorter_input(n_pos):
 
 def test_fast_logits_match_reference_size():
     model = make_transformer(113, seed=0)
-    tokens = all_pairs(113)
+    tokens = all_pairs(113)[::7]
 
     torch.testing.assert_close(
         fast_answer_logits(model, tokens), hooked_answer_logits(model, tokens), **F32

@@ -145,7 +145,7 @@ class HookedMLP(HookedRootModule):
             bias.uniform_(-bound, bound, generator=generator)
 
     def first_layer_input(self, tokens: Int[Tensor, "batch pos"]) -> Float[Tensor, "batch d_in"]:
-        """The vector that ``mlp.W_in`` multiplies, built according to ``cfg.input_mode``."""
+        """Build the vector that ``mlp.W_in`` multiplies, according to ``cfg.input_mode``."""
         if tokens.ndim != 2 or tokens.shape[1] != self.cfg.n_ctx:
             raise ValueError(
                 f"tokens has shape {tuple(tokens.shape)}, expected [batch, {self.cfg.n_ctx}]."

@@ -7,7 +7,7 @@ LayerNorm. :func:`make_transformer` builds that model as a TransformerLens ``Hoo
 (vocabulary ``p + 1`` because ``=`` is token ``p``, output vocabulary ``p``).
 
 :func:`fast_answer_logits` computes the same answer logits as ``model(tokens)[:, -1]`` with
-about a third of the floating-point work. In a one-layer model the residual stream at the
+less than a third of the matrix-multiply work (29 % at the reference size). In a one-layer model the residual stream at the
 last position depends on the other positions only through their attention keys and values. So
 the query, the attention output, the MLP and the unembedding are needed at the last position
 only. The keys and values are cheap as well: before attention, the residual at position ``pos``
@@ -146,7 +146,7 @@ def fast_answer_logits(
     The function reads the model's own parameters, so gradients flow to them and an optimiser
     over ``model.parameters()`` trains ``model``. The module docstring explains which work is
     skipped. Hook points are skipped as well, so the function rejects a model that has hooks
-    attached rather than silently ignore them.
+    attached rather than silently ignoring them.
 
     Args:
         model: a one-layer ``HookedTransformer`` with the settings of :func:`make_transformer`
@@ -194,6 +194,7 @@ def fast_answer_logits(
     resid_last = F.embedding(rows[:, -1], resid_table)
     query = torch.addmm(attn.b_Q.flatten(), resid_last, _heads_to_columns(attn.W_Q))
     query = query.view(batch, 1, n_heads, d_head)
+    # scores and pattern have shape [batch, pos, head], and z has shape [batch, head * d_head].
     scores = (query * keys).sum(dim=-1) / attn.attn_scale
     pattern = scores.softmax(dim=1)
     z = (pattern.unsqueeze(-1) * values).sum(dim=1).reshape(batch, n_heads * d_head)

@@ -52,7 +52,7 @@ def build_optimizer(model: nn.Module, optim: OptimConfig) -> torch.optim.Optimiz
 
 @dataclass
 class TrainingComponents:
-    """What the loop calls around each optimiser step, and its checkpointable state."""
+    """Hooks the loop calls around each optimiser step, and their checkpointable state."""
 
     sampler: RandomBatchSampler | FrequencyAwareSampler | TokenBalancedSampler
     grad_filter: GrokfastEMA | GrokfastMA | None = None
