@@ -48,13 +48,15 @@ def _add_train(subparsers: argparse._SubParsersAction) -> None:
 
 
 def _add_analyze(subparsers: argparse._SubParsersAction) -> None:
-    from grokinterp.report import SECTIONS
+    from grokinterp.report import HESSIAN_DTYPES, SECTIONS, ReportOptions
 
+    defaults = ReportOptions()
     parser = subparsers.add_parser(
         "analyze",
         help="analyse a run directory or checkpoint and write a report",
-        description="Analyse a checkpoint (or a run directory's final checkpoint and its history) "
-        "and write report.md, report.json and figures/*.png.",
+        description="Analyse a checkpoint (or a run directory's final checkpoint, its history and "
+        "its checkpoints over training) and write report.md, report.json and figures/*.png. "
+        "docs/report.md documents every key of report.json.",
     )
     parser.add_argument("path", type=Path, help="run directory or checkpoints/step_NNNNNN.safetensors file")
     parser.add_argument("--out", type=Path, help="report directory (default PATH/report, or beside the checkpoint)")
@@ -63,9 +65,45 @@ def _add_analyze(subparsers: argparse._SubParsersAction) -> None:
         nargs="+",
         choices=SECTIONS,
         default=None,
-        help="sections to compute (default: all)",
+        metavar="SECTION",
+        help=f"sections to compute (default: all): {', '.join(SECTIONS)}",
     )
-    parser.add_argument("--device", default="cpu", help="torch device for the analysis (default cpu)")
+    parser.add_argument("--device", default="cpu", help="torch device for the analysis, cpu or cuda (default cpu)")
+    parser.add_argument(
+        "--max-checkpoints",
+        type=int,
+        default=defaults.max_checkpoints,
+        help="maximum number of checkpoints in the trajectory section, the initialisation included "
+        f"(default {defaults.max_checkpoints})",
+    )
+    parser.add_argument(
+        "--hessian-dtype",
+        choices=tuple(HESSIAN_DTYPES),
+        default=defaults.hessian_dtype,
+        help=f"dtype of the Hessian-vector products (default {defaults.hessian_dtype})",
+    )
+    parser.add_argument(
+        "--hessian-k",
+        type=int,
+        default=defaults.hessian_k,
+        help=f"largest Hessian eigenvalues per block (default {defaults.hessian_k})",
+    )
+    parser.add_argument(
+        "--hessian-tol",
+        type=float,
+        default=defaults.hessian_tol,
+        help=f"relative Lanczos tolerance of the largest eigenvalues (default {defaults.hessian_tol:g})",
+    )
+    parser.add_argument(
+        "--trace-samples",
+        type=int,
+        default=defaults.hutchinson_samples,
+        help="random vectors per Hutchinson trace estimate, 0 to skip the traces "
+        f"(default {defaults.hutchinson_samples})",
+    )
+    parser.add_argument(
+        "--threads", type=int, help="torch intra-op threads for the analysis (default: torch's choice)"
+    )
     parser.add_argument("--quiet", action="store_true", help="hide progress bars")
     parser.set_defaults(handler=_run_analyze)
 
@@ -84,7 +122,51 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-_EXTRA_COMMANDS: list[Callable[[argparse._SubParsersAction], None]] = []
+def _add_compare(subparsers: argparse._SubParsersAction) -> None:
+    from grokinterp.methods import METHODS
+
+    parser = subparsers.add_parser(
+        "compare",
+        help="compare training methods by steps to grok over seeds",
+        description="Train every method on every seed (reusing cached runs) or read existing "
+        "run directories, and write comparison.md, comparison.json and comparison.png with "
+        "the median steps to train and test accuracy >= 0.99, the fraction of seeds that "
+        "grokked and the wall time per run.",
+        epilog=f"Methods: {', '.join(METHODS)}. Overrides (section.field=value) apply to every "
+        "method, so all methods share the learning rate, weight decay, batch size and budget "
+        "unless the method is that change.",
+    )
+    parser.add_argument(
+        "--preset", default="paper-mlp", help=f"base config (default paper-mlp): {', '.join(PRESETS)}"
+    )
+    parser.add_argument(
+        "--methods", nargs="+", metavar="METHOD",
+        help="methods to compare (default: adam adam-lr adaptive frequency grokfast-ema)",
+    )
+    parser.add_argument("--seeds", type=int, help="number of seeds, 0 .. N-1 (default 5)")
+    parser.add_argument("--steps", type=int, help="step budget of every run (overrides train.steps)")
+    parser.add_argument(
+        "--runs", type=Path, default=Path("runs/cache"),
+        help="cache directory of the runs (default runs/cache)",
+    )
+    parser.add_argument(
+        "--from-runs", nargs="+", type=Path, metavar="RUN_DIR",
+        help="compare these completed run directories instead of training, grouped by the "
+        "method in each run's name (NAME+METHOD) or else by the whole name",
+    )
+    parser.add_argument("--out", type=Path, help="output directory (default runs/compare/PRESET)")
+    parser.add_argument(
+        "--bootstrap", type=int, default=10_000,
+        help="bootstrap resamples for the median's 95%% interval (default 10000)",
+    )
+    parser.add_argument("--quiet", action="store_true", help="hide the progress bar")
+    parser.add_argument("overrides", nargs="*", metavar="section.field=value", help="config overrides")
+    parser.set_defaults(handler=_run_compare)
+
+
+_EXTRA_COMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [_add_compare]
+
+DEFAULT_COMPARE_METHODS = ("adam", "adam-lr", "adaptive", "frequency", "grokfast-ema")
 
 
 def _add_figures(subparsers: argparse._SubParsersAction) -> None:
@@ -154,13 +236,70 @@ def _run_train(args: argparse.Namespace) -> int:
 
 
 def _run_analyze(args: argparse.Namespace) -> int:
-    from grokinterp.report import build_report
+    import torch
 
+    from grokinterp.report import ReportOptions, build_report
+
+    if args.threads is not None:
+        if args.threads < 1:
+            raise CommandError(f"--threads {args.threads} is invalid: pass a positive number of threads.")
+        torch.set_num_threads(args.threads)
+    options = ReportOptions(
+        max_checkpoints=args.max_checkpoints,
+        hessian_dtype=args.hessian_dtype,
+        hessian_k=args.hessian_k,
+        hessian_tol=args.hessian_tol,
+        hutchinson_samples=args.trace_samples,
+    )
     report = build_report(
         args.path, out_dir=args.out, sections=args.sections, device=args.device,
-        progress=not args.quiet,
+        progress=not args.quiet, options=options,
     )
     print(report.summary())
+    return 0
+
+
+def _run_compare(args: argparse.Namespace) -> int:
+    import shlex
+
+    from grokinterp.compare import compare_grid, compare_runs, format_table, write_comparison
+
+    if args.from_runs:
+        given = [name for name, value in (("--methods", args.methods), ("--seeds", args.seeds),
+                                          ("--steps", args.steps), ("overrides", args.overrides))
+                 if value]
+        if given:
+            raise CommandError(
+                f"--from-runs reads finished runs, so {', '.join(given)} cannot apply: drop them, "
+                "or drop --from-runs to train a grid."
+            )
+        comparison = compare_runs(args.from_runs, n_resamples=args.bootstrap)
+        out = args.out or Path("runs/compare/from-runs")
+        words = ["--from-runs", *map(str, args.from_runs)]
+    else:
+        seeds = 5 if args.seeds is None else args.seeds
+        if seeds < 1:
+            raise CommandError(f"--seeds {seeds} is invalid: run at least one seed.")
+        overrides = list(args.overrides)
+        if args.steps is not None:
+            overrides.append(f"train.steps={args.steps}")
+        base = apply_overrides(get_preset(args.preset), overrides)
+        methods = args.methods or list(DEFAULT_COMPARE_METHODS)
+        setting = " ".join([args.preset, *overrides])
+        comparison = compare_grid(
+            base, methods, seeds, args.runs, progress=not args.quiet, n_resamples=args.bootstrap,
+            title=f"{setting}: {len(methods)} methods × {seeds} seeds",
+        )
+        out = args.out or Path("runs/compare") / args.preset
+        words = ["--preset", args.preset, "--methods", *methods, "--seeds", str(seeds),
+                 "--runs", str(args.runs), *overrides]
+
+    # The command line is rebuilt from the parsed options so that comparison.md records the
+    # complete settings, defaults included.
+    command = shlex.join(["grokinterp", "compare", *words, "--out", str(out)])
+    paths = write_comparison(comparison, out, command=command)
+    print(format_table(comparison))
+    print(f"wrote {paths['md']}, {paths['json'].name}, {paths['png'].name}")
     return 0
 
 

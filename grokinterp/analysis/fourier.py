@@ -408,7 +408,11 @@ def fourier_transform_2d(
     """
     p = _check_square_grid(grid, "grid")
     basis = fourier_basis(p, dtype=grid.dtype).to(grid.device)
-    return einops.einsum(basis, basis, grid, "freq_a a, freq_b b, a b ... -> freq_a freq_b ...")
+
+    # One axis at a time: a single three-operand einsum lets torch (without opt_einsum) form
+    # the p^4 outer product of the two bases first, 0.7 GB and 30 times slower at p = 97.
+    along_a = einops.einsum(basis, grid, "freq_a a, a b ... -> freq_a b ...")
+    return einops.einsum(basis, along_a, "freq_b b, freq_a b ... -> freq_a freq_b ...")
 
 
 def _frequency_masks(p: int) -> Bool[Tensor, "freq freq_a freq_b"]:

@@ -10,6 +10,10 @@
   batch, AdamW lr 1e-3, weight decay 1.0, betas (0.9, 0.98), 30 % train.
 - ``tiny-transformer``: a reduced transformer (p = 31, d_model 64) that still shows delayed
   generalisation in about a minute on a laptop CPU.
+- ``tiny-transformer-fast``: the same transformer trained on 60 % of the pairs (40 % test), which
+  groks within its 6,000-step budget: test accuracy ≥ 0.99 at steps 2,400 and 1,850 for seeds 0
+  and 1, about 1.5 minutes per run on a shared 2-core CPU. With 40 % of the pairs for training,
+  ``tiny-transformer`` reaches only 0.39 test accuracy after 6,000 steps.
 - ``tiny``: a small embedding MLP (p = 47, d_embed 32, d_mlp 128, half the pairs for training)
   that groks in about a second; used by the tests.
 """
@@ -55,6 +59,14 @@ def _tiny_transformer() -> RunConfig:
     )
 
 
+def _tiny_transformer_fast() -> RunConfig:
+    import dataclasses
+
+    cfg = _tiny_transformer()
+    task = dataclasses.replace(cfg.task, test_fraction=0.4, train_fraction=0.6)
+    return dataclasses.replace(cfg, name="tiny-transformer-fast", task=task)
+
+
 def _tiny() -> RunConfig:
     return RunConfig(
         name="tiny",
@@ -72,6 +84,7 @@ PRESETS = {
     "paper-mlp-onehot": lambda: _paper_mlp("paper-mlp-onehot", input_mode="onehot"),
     "nanda-transformer": _nanda_transformer,
     "tiny-transformer": _tiny_transformer,
+    "tiny-transformer-fast": _tiny_transformer_fast,
     "tiny": _tiny,
 }
 
