@@ -156,7 +156,9 @@ def plot_gradient_heatmaps(
     for row, (row_gradients, row_label) in enumerate(zip(gradients, row_labels, strict=True)):
         for col, (gradient, step) in enumerate(zip(row_gradients, steps, strict=True)):
             axis = figure.add_subplot(grid[row, col])
-            limit = float(np.abs(gradient).max()) or 1.0
+            # The op and "=" tokens are in every example, so their rows would set the scale and
+            # wash out the operand rows; the colour scale follows the operand rows only.
+            limit = float(np.abs(gradient[:p]).max()) or 1.0
             image = axis.imshow(gradient, aspect="auto", cmap="RdBu_r", interpolation="nearest",
                                 norm=TwoSlopeNorm(vcenter=0.0, vmin=-limit, vmax=limit))
             axis.axhline(p - 0.5, color="black", linewidth=0.6, linestyle="--")
@@ -173,7 +175,7 @@ def plot_gradient_heatmaps(
                 axis.set_ylabel("token id (operands, then op, =)")
             colorbar = figure.colorbar(image, ax=axis, fraction=0.05, pad=0.02)
             colorbar.ax.tick_params(labelsize=6)
-            colorbar.set_label("∂L/∂E (per entry)", fontsize=7)
+            colorbar.set_label("∂L/∂E per entry (op, = rows clipped)", fontsize=6)
 
     axis = figure.add_subplot(grid[:, ncols])
     for curve in absent:
@@ -290,6 +292,9 @@ def plot_embedding_spectra(
     ncols = len(columns)
     figure = Figure(figsize=(4.8 * ncols, 7.0))
     axes = figure.subplots(2, ncols, squeeze=False)
+    # One log scale for every sorted spectrum, so a flat spectrum looks flat next to a sparse one.
+    for axis in axes[1, 1:]:
+        axis.sharey(axes[1, 0])
     for col, column in enumerate(columns):
         axis = axes[0, col]
         spectrum = np.asarray(column["spectrum"], dtype=float)
@@ -297,6 +302,7 @@ def plot_embedding_spectra(
         keys = set(column["key_frequencies"])
         colors = ["tab:red" if k in keys else "tab:gray" for k in frequencies]
         axis.bar(frequencies, spectrum[1:], color=colors, width=0.85)
+        axis.set_ylim(0, 1.3 * float(spectrum[1:].max()))
         axis.set_xlabel("frequency k (cycles over the p residues)")
         axis.set_ylabel("‖DFT of E‖₂ over the embedding dimension")
         axis.set_title(f"{column['title']}\nseed 0", fontsize=10)
