@@ -114,8 +114,9 @@ class HessianProblem:
       cannot be differentiated twice, or returns 0 where ``"fwd_rev"`` does not (a backward
       marked ``@once_differentiable`` loses the second derivative silently). Then ``"fwd_rev"``
       is used and the switch is logged.
-      Double backward was the faster method on the package's models: by 9 % on the paper's MLP
-      and 5 % on the reference transformer (``benchmarks/hessian_eigs.py``, one CPU thread).
+      Double backward was the faster method on the package's models, by a few percent: the
+      median of paired timings was 3 % lower on the paper's MLP and 6 % lower on the reference
+      transformer (``benchmarks/hessian_eigs.py``, one CPU thread, docs/benchmarks.md).
 
     Args:
         loss_fn: ``loss_fn(params, inputs, labels)``, the mean loss over a batch.
