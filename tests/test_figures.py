@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import io
 import json
 import math
 import os
@@ -55,9 +57,6 @@ def quick_set(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path, str
     """``grokinterp figures --quick`` once for the module: (figure dir, runs dir, stdout)."""
     root = tmp_path_factory.mktemp("figures")
     out, runs = root / "out", root / "runs"
-    import contextlib
-    import io
-
     buffer = io.StringIO()
     with contextlib.redirect_stdout(buffer):
         code = main(["figures", "--quick", "--out", str(out), "--runs", str(runs), "--quiet"])
