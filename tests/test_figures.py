@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import io
 import json
 import math
 import os
@@ -32,7 +34,6 @@ from grokinterp.figures.measures import (
     absent_token_fraction,
     block_names,
     curvature_measure,
-    expected_absent_fraction,
     fourier_measure,
     lanczos_extremes,
     rank_measure,
@@ -56,9 +57,6 @@ def quick_set(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path, str
     """``grokinterp figures --quick`` once for the module: (figure dir, runs dir, stdout)."""
     root = tmp_path_factory.mktemp("figures")
     out, runs = root / "out", root / "runs"
-    import contextlib
-    import io
-
     buffer = io.StringIO()
     with contextlib.redirect_stdout(buffer):
         code = main(["figures", "--quick", "--out", str(out), "--runs", str(runs), "--quiet"])
@@ -351,16 +349,3 @@ def test_absent_fraction_counts_zero_rows() -> None:
     gradient[[1, 4]] = 0.0
     gradient[8] = 0.0  # a non-operand row does not count
     assert absent_token_fraction(gradient, 7) == pytest.approx(2 / 7)
-
-
-def test_expected_absent_fraction_simulated() -> None:
-    p, batch, trials = 13, 10, 20000
-    generator = torch.Generator().manual_seed(0)
-    operands = torch.randint(0, p, (trials, 2 * batch), generator=generator)
-    present = torch.zeros(trials, p, dtype=torch.bool)
-    present.scatter_(1, operands, True)
-    simulated = float((~present).double().mean())
-    expected = expected_absent_fraction(p, batch)
-    # The simulated mean has a standard error below 0.003 over 20,000 batches of 13 tokens.
-    assert simulated == pytest.approx(expected, abs=0.01)
-    assert expected_absent_fraction(97, 64) == pytest.approx(0.2654, abs=1e-4)

@@ -18,6 +18,7 @@ from typing import Any
 import numpy as np
 from tqdm.auto import tqdm
 
+from grokinterp.analysis.dynamics import read_token_history
 from grokinterp.checkpoint import read_manifest, read_metrics
 from grokinterp.figure_plots import Curve, Panel, plot_panels, plot_saddles, plot_token_norms
 from grokinterp.figures.common import (
@@ -53,7 +54,6 @@ from grokinterp.figures.series import (
     metric_band,
     series_band,
     stack_over_seeds,
-    token_stat_series,
 )
 from grokinterp.tasks import all_pairs, make_split, split_statistics
 from grokinterp.training.config import config_from_dict
@@ -252,8 +252,9 @@ def _ext4(scale: FigureScale, runs: RunDirs, progress: bool) -> FigureOutput:
     for run_dir in run_dirs:
         task = config_from_dict(read_manifest(run_dir)["config"]).task
         counts = split_statistics(task, all_pairs(task), make_split(task)).train_counts.numpy()
-        steps, norms = token_stat_series(run_dir, "embed_norm")
-        norms = norms[:, : task.p]
+        history = read_token_history(run_dir)
+        steps = history.steps.numpy()
+        norms = history.embed_norm[:, : task.p].numpy()
         n_rare = max(2, round(RARE_FRACTION * task.p))
         rare = np.zeros(task.p, dtype=bool)
         rare[np.argsort(counts, kind="stable")[:n_rare]] = True

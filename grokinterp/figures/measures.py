@@ -19,7 +19,6 @@ Ritz value θ_min is ≥ λ_min, and it is the curvature vᵀHv of an explicit u
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -29,11 +28,13 @@ import torch
 from jaxtyping import Float
 from torch import Tensor
 
+from grokinterp.analysis.coupling import bilinear_coupling
+from grokinterp.analysis.curvature import answer_loss_fn
 from grokinterp.analysis.fourier import embedding_spectrum, key_frequencies, spectrum_sparsity
-from grokinterp.analysis.hessian import HessianProblem, model_loss_fn, saddle_verdict
-from grokinterp.analysis.spectra import DEFAULT_RANK_RTOL, summarize_matrix
+from grokinterp.analysis.hessian import HessianProblem, saddle_verdict
+from grokinterp.analysis.spectra import DEFAULT_RANK_RTOL
 from grokinterp.checkpoint import Checkpoint
-from grokinterp.models import embedding_names, first_layer_matrix, first_layer_name
+from grokinterp.models import embedding_names, first_layer_name
 from grokinterp.tasks import all_pairs, make_split
 
 Measure = Callable[[Checkpoint], dict[str, Any]]
@@ -142,7 +143,10 @@ def curvature_measure(
     τ = ``relative_tau`` · max(|θ_min|, |θ_max|): "saddle" means a direction with curvature below
     −τ was found next to one above τ, and "minimum" only that none below −τ was found.
 
-    The Hessian is that of the loss on the whole training set, the other parameters held fixed.
+    The Hessian is that of the loss on the whole training set, the other parameters held fixed,
+    with the products of :func:`grokinterp.analysis.curvature.answer_loss_fn` (double backward).
+    :func:`grokinterp.analysis.curvature.block_curvature` computes converged eigenvalues instead,
+    at a cost that varies per checkpoint; this measure spends a fixed number of products.
     ``dtype`` sets the precision of the Hessian-vector products. The default float32 is faster
     than float64, and its relative rounding (about 1e-6) is far below ``relative_tau``.
     """
@@ -154,9 +158,9 @@ def curvature_measure(
         pairs = all_pairs(checkpoint.config.task)
         split = make_split(checkpoint.config.task)
         problem = HessianProblem(
-            model_loss_fn(model), dict(model.named_parameters()), pairs.tokens[split.train],
+            answer_loss_fn(model), dict(model.named_parameters()), pairs.tokens[split.train],
             pairs.labels[split.train], block=block_names(model)[block], chunk_size=chunk_size,
-            dtype=dtype,
+            method="double_backward", dtype=dtype,
         )
         ritz = lanczos_extremes(
             problem.hvp, problem.size, min(lanczos_steps, problem.size),
@@ -189,11 +193,8 @@ def rank_measure(rtol: float = DEFAULT_RANK_RTOL) -> Measure:
     """
 
     def measure(checkpoint: Checkpoint) -> dict[str, Any]:
-        model = checkpoint.model
-        E = model.embed.W_E.detach().double()
-        W = first_layer_matrix(model).detach().double()
-        summaries = {"E": summarize_matrix(E, rtol), "W": summarize_matrix(W, rtol),
-                     "EW": summarize_matrix(E @ W, rtol)}
+        coupling = bilinear_coupling(checkpoint.model, rank_rtol=rtol)
+        summaries = {"E": coupling.E, "W": coupling.W, "EW": coupling.EW}
         return {
             name: {"rank": s.rank, "effective_rank": s.effective_rank, "sigma_max": s.sigma_max}
             for name, s in summaries.items()
@@ -232,13 +233,4 @@ def absent_token_fraction(
     """Compute the fraction of operand tokens 0..p−1 whose embedding-gradient row is exactly zero."""
     rows = gradient[:p].abs().sum(dim=1)
     return float((rows == 0).double().mean())
-
-
-def expected_absent_fraction(p: int, batch_size: int) -> float:
-    """Compute the probability that an operand value is in none of ``batch_size`` random pairs.
-
-    Each pair has two operands, each uniform over the p values, so the probability is
-    (1 − 1/p)^(2B): about 0.27 for p = 97 and B = 64, and 2.5e-5 for B = 512.
-    """
-    return math.exp(2 * batch_size * math.log1p(-1.0 / p))
 

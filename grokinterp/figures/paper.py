@@ -13,10 +13,10 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from safetensors.torch import load_file
 from tqdm.auto import tqdm
 
-from grokinterp.checkpoint import EMBED_GRADIENTS
+from grokinterp.analysis.coupling import batch_token_probability
+from grokinterp.analysis.dynamics import read_embed_gradients
 from grokinterp.figure_plots import (
     Panel,
     plot_embedding_spectra,
@@ -45,7 +45,6 @@ from grokinterp.figures.core import (
 from grokinterp.figures.measures import (
     absent_token_fraction,
     curvature_measure,
-    expected_absent_fraction,
     fourier_measure,
     rank_measure,
 )
@@ -155,18 +154,19 @@ def _fig03(scale: FigureScale, runs: RunDirs, progress: bool) -> FigureOutput:
     for batch, color in zip(_fig03_batch_sizes(scale), colors, strict=True):
         label = f"batch {batch}"
         run_dirs = runs[label]
-        per_seed = [load_file(str(Path(d) / EMBED_GRADIENTS)) for d in run_dirs]
-        keys = [f"step_{step:06d}" for step in HEATMAP_STEPS]
-        gradients.append([per_seed[0][key].double().numpy() for key in keys])
+        per_seed = [read_embed_gradients(d, HEATMAP_STEPS) for d in run_dirs]
+        gradients.append([per_seed[0][step].double().numpy() for step in HEATMAP_STEPS])
         row_labels.append(label)
-        fractions = [[absent_token_fraction(seed[key], scale.p) for key in keys] for seed in per_seed]
+        fractions = [[absent_token_fraction(seed[step], scale.p) for step in HEATMAP_STEPS]
+                     for seed in per_seed]
         band = stack_over_seeds([HEATMAP_STEPS] * len(per_seed), fractions)
         absent.append(band_curve(band, f"{label}: measured", color))
-        expected = expected_absent_fraction(scale.p, batch)
+        expected = 1.0 - batch_token_probability(scale.p, batch)
         theory.append((f"{label}: (1 − 1/p)^(2B) = {expected:.3g}", expected, color))
         data[label] = {"absent_fraction": band.as_dict(), "expected_absent_fraction": expected,
                        "runs": [Path(d).name for d in run_dirs],
-                       "row_norms_seed0": {key: per_seed[0][key].norm(dim=1).tolist() for key in keys}}
+                       "row_norms_seed0": {str(step): per_seed[0][step].norm(dim=1).tolist()
+                                           for step in HEATMAP_STEPS}}
     figure = plot_gradient_heatmaps(
         gradients, row_labels, HEATMAP_STEPS, absent, theory, scale.p,
         suptitle="Embedding gradient ∇_E L early in training: rows of tokens absent from the "

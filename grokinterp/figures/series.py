@@ -1,6 +1,6 @@
 """Quantities over training, read from run directories and aggregated over seeds.
 
-Curves come from ``metrics.jsonl`` and ``token_stats.jsonl``; quantities of the weights (ranks,
+Curves come from ``metrics.jsonl``; quantities of the weights (ranks,
 Fourier sparsity, Hessian eigenvalues) are computed at each checkpoint. Results of a checkpoint
 analysis are cached as JSON in the run directory, under ``figure_cache/``, keyed by the analysis
 and its settings, so redrawing a figure does not repeat an hour of Hessian-vector products.
@@ -19,7 +19,6 @@ from typing import Any
 import numpy as np
 
 from grokinterp.checkpoint import (
-    TOKEN_STATS,
     Checkpoint,
     list_checkpoints,
     load_checkpoint,
@@ -191,23 +190,6 @@ def grok_steps(run_dirs: Sequence[Path]) -> GrokSteps:
         train.append(grok.get("train_step"))
         test.append(grok.get("test_step"))
     return GrokSteps(train=train, test=test)
-
-
-def token_stat_series(run_dir: Path, key: str) -> tuple[np.ndarray, np.ndarray]:
-    """Read a per-token column of ``token_stats.jsonl`` (e.g. ``embed_norm``) over evaluations.
-
-    Returns:
-        ``(steps [n_evals], values [n_evals, vocab])``.
-    """
-    rows = read_metrics(run_dir, TOKEN_STATS)
-    if not rows:
-        raise ValueError(
-            f"{run_dir} has no {TOKEN_STATS}: train it with train.token_stats=true and a "
-            "learned embedding."
-        )
-    steps = np.array([row["step"] for row in rows], dtype=int)
-    values = np.array([row[key] for row in rows], dtype=float)
-    return steps, values
 
 
 def select_checkpoints(run_dir: Path, max_count: int | None = None) -> list[tuple[int, Path]]:
