@@ -412,11 +412,12 @@ def plot_token_norms(
     final_counts: np.ndarray,
     final_norms: np.ndarray,
     final_rare: np.ndarray,
+    accuracy: Sequence[Curve],
     marks: Sequence[GrokMark],
     suptitle: str,
     n_seeds: int,
 ) -> Figure:
-    """Draw per-token embedding norms over training, rare tokens highlighted.
+    """Draw per-token embedding norms over training, rare tokens highlighted, and accuracy.
 
     Args:
         steps: evaluation steps of seed 0, shape [n_evals].
@@ -425,12 +426,13 @@ def plot_token_norms(
         rare: mask of the rare tokens of seed 0, shape [p].
         group_curves: mean norms of the rare and the other tokens, over seeds.
         final_counts, final_norms, final_rare: per token of every seed, at the last step.
+        accuracy: train and test accuracy curves over seeds.
         marks: grok steps.
         suptitle: the figure title.
         n_seeds: seeds behind the group curves and the scatter.
     """
-    figure = Figure(figsize=(16, 4.6))
-    token_axis, group_axis, scatter_axis = figure.subplots(1, 3)
+    figure = Figure(figsize=(13, 8.6))
+    token_axis, group_axis, scatter_axis, accuracy_axis = figure.subplots(2, 2).ravel()
     normalize = Normalize(vmin=float(counts.min()), vmax=float(counts.max()))
     colormap = "viridis"
     palette = colormaps[colormap]
@@ -469,8 +471,19 @@ def plot_token_norms(
     scatter_axis.set_title("Final norm against frequency, all seeds", fontsize=10)
     scatter_axis.legend(fontsize=7)
     scatter_axis.grid(alpha=0.25)
+
+    for curve in accuracy:
+        draw_curve(accuracy_axis, curve)
+    draw_marks(accuracy_axis, marks)
+    accuracy_axis.set_ylim(-0.02, 1.02)
+    accuracy_axis.set_xlabel("training step")
+    accuracy_axis.set_ylabel("accuracy (fraction correct)")
+    accuracy_axis.set_title("Train and test accuracy", fontsize=10)
+    accuracy_axis.legend(fontsize=7)
+    accuracy_axis.grid(alpha=0.25)
     figure.suptitle(suptitle)
-    figure.text(0.5, 0.005, "Middle: " + BAND_NOTE.format(n=n_seeds), ha="center", va="bottom",
+    figure.text(0.5, 0.005, "Group norms and accuracy: " + BAND_NOTE.format(n=n_seeds),
+                ha="center", va="bottom",
                 fontsize=8, color="dimgray")
     figure.tight_layout(rect=(0, 0.03, 1, 1))
     return figure

@@ -252,9 +252,11 @@ def _ext4(scale: FigureScale, runs: RunDirs, progress: bool) -> FigureOutput:
     for run_dir in run_dirs:
         task = config_from_dict(read_manifest(run_dir)["config"]).task
         counts = split_statistics(task, all_pairs(task), make_split(task)).train_counts.numpy()
+        # The step-0 row is written before any update, when no row norm has been measured yet.
         history = read_token_history(run_dir)
-        steps = history.steps.numpy()
-        norms = history.embed_norm[:, : task.p].numpy()
+        measured = history.steps > 0
+        steps = history.steps[measured].numpy()
+        norms = history.embed_norm[measured, : task.p].numpy()
         n_rare = max(2, round(RARE_FRACTION * task.p))
         rare = np.zeros(task.p, dtype=bool)
         rare[np.argsort(counts, kind="stable")[:n_rare]] = True
@@ -280,11 +282,13 @@ def _ext4(scale: FigureScale, runs: RunDirs, progress: bool) -> FigureOutput:
                      "rare_tokens": np.flatnonzero(first["rare"]).tolist(),
                      "final_norms": first["norms"][-1].tolist()}
     marks = test_grok_mark(run_dirs, "black", "test")
+    accuracy, data["accuracy"] = accuracy_curves(run_dirs, "skewed split", "tab:blue")
     figure = plot_token_norms(
         first["steps"], first["norms"], first["counts"], first["rare"], group_curves,
         np.concatenate([s["counts"] for s in per_seed]),
         np.concatenate([s["norms"][-1] for s in per_seed]),
         np.concatenate([s["rare"] for s in per_seed]),
+        accuracy,
         marks,
         suptitle=f"Embedding row norms ‖e_i‖ under a skewed split, {task_title('add', scale.p)}"
                  f"\n(batch {scale.small_batch_size}, Adam, lr 0.01, weight decay 0.001; "
