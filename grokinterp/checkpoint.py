@@ -233,7 +233,8 @@ def load_checkpoint(path: Path, device: str | torch.device = "cpu") -> Checkpoin
     model = build_model(cfg.model, cfg.task)
     weights = {k.removeprefix("model."): v for k, v in tensors.items() if k.startswith("model.")}
     _load_weights(path, model, weights)
-    model.to(device)
+    # nn.Module.to, because HookedTransformer.to prints a line on every move.
+    nn.Module.to(model, device)
     return Checkpoint(model=model, config=cfg, step=step, path=path, tensors=tensors, meta=meta)
 
 

@@ -48,13 +48,15 @@ def _add_train(subparsers: argparse._SubParsersAction) -> None:
 
 
 def _add_analyze(subparsers: argparse._SubParsersAction) -> None:
-    from grokinterp.report import SECTIONS
+    from grokinterp.report import HESSIAN_DTYPES, SECTIONS, ReportOptions
 
+    defaults = ReportOptions()
     parser = subparsers.add_parser(
         "analyze",
         help="analyse a run directory or checkpoint and write a report",
-        description="Analyse a checkpoint (or a run directory's final checkpoint and its history) "
-        "and write report.md, report.json and figures/*.png.",
+        description="Analyse a checkpoint (or a run directory's final checkpoint, its history and "
+        "its checkpoints over training) and write report.md, report.json and figures/*.png. "
+        "docs/report.md documents every key of report.json.",
     )
     parser.add_argument("path", type=Path, help="run directory or checkpoints/step_NNNNNN.safetensors file")
     parser.add_argument("--out", type=Path, help="report directory (default PATH/report, or beside the checkpoint)")
@@ -63,9 +65,45 @@ def _add_analyze(subparsers: argparse._SubParsersAction) -> None:
         nargs="+",
         choices=SECTIONS,
         default=None,
-        help="sections to compute (default: all)",
+        metavar="SECTION",
+        help=f"sections to compute (default: all): {', '.join(SECTIONS)}",
     )
-    parser.add_argument("--device", default="cpu", help="torch device for the analysis (default cpu)")
+    parser.add_argument("--device", default="cpu", help="torch device for the analysis, cpu or cuda (default cpu)")
+    parser.add_argument(
+        "--max-checkpoints",
+        type=int,
+        default=defaults.max_checkpoints,
+        help="maximum number of checkpoints in the trajectory section, the initialisation included "
+        f"(default {defaults.max_checkpoints})",
+    )
+    parser.add_argument(
+        "--hessian-dtype",
+        choices=tuple(HESSIAN_DTYPES),
+        default=defaults.hessian_dtype,
+        help=f"dtype of the Hessian-vector products (default {defaults.hessian_dtype})",
+    )
+    parser.add_argument(
+        "--hessian-k",
+        type=int,
+        default=defaults.hessian_k,
+        help=f"largest Hessian eigenvalues per block (default {defaults.hessian_k})",
+    )
+    parser.add_argument(
+        "--hessian-tol",
+        type=float,
+        default=defaults.hessian_tol,
+        help=f"relative Lanczos tolerance of the largest eigenvalues (default {defaults.hessian_tol:g})",
+    )
+    parser.add_argument(
+        "--trace-samples",
+        type=int,
+        default=defaults.hutchinson_samples,
+        help="random vectors per Hutchinson trace estimate, 0 to skip the traces "
+        f"(default {defaults.hutchinson_samples})",
+    )
+    parser.add_argument(
+        "--threads", type=int, help="torch intra-op threads for the analysis (default: torch's choice)"
+    )
     parser.add_argument("--quiet", action="store_true", help="hide progress bars")
     parser.set_defaults(handler=_run_analyze)
 
@@ -131,6 +169,45 @@ _EXTRA_COMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [_add_comp
 DEFAULT_COMPARE_METHODS = ("adam", "adam-lr", "adaptive", "frequency", "grokfast-ema")
 
 
+def _add_figures(subparsers: argparse._SubParsersAction) -> None:
+    from grokinterp.figures import FIGURES, add_figure_arguments
+
+    parser = subparsers.add_parser(
+        "figures",
+        help="regenerate the paper's figures and ours from cached runs",
+        description="Train the runs each figure needs (reusing cached runs with the same config) "
+        "and write NAME.png with NAME.json, the data behind it, for every figure.",
+        epilog=f"Figures: {', '.join(FIGURES)}.",
+    )
+    parser.add_argument(
+        "--only", nargs="+", metavar="NAME",
+        help="figures to draw, by name or unique prefix such as fig02 (default: all)",
+    )
+    add_figure_arguments(parser)
+    parser.add_argument("--list", action="store_true", help="list the figures and exit")
+    parser.set_defaults(handler=_run_figures)
+
+
+_EXTRA_COMMANDS.append(_add_figures)
+
+
+def _run_figures(args: argparse.Namespace) -> int:
+    from grokinterp.figures import FIGURES, resolve_names, run_figures, scale_for
+
+    if args.list:
+        for name, spec in FIGURES.items():
+            print(f"{name:34s} {spec.source:24s} {spec.title}")
+        return 0
+    names = resolve_names(args.only)
+    scale = scale_for(args.quick, args.seeds)
+    written = run_figures(names, scale, args.out, args.runs, progress=not args.quiet)
+    print(f"wrote {len(written)} figure(s) at the {scale.name} scale ({scale.seeds} seed(s)) "
+          f"from runs in {args.runs}:")
+    for figure in written:
+        print(f"  {figure.png}  (data {figure.data.name}, {figure.elapsed_s:.1f} s)")
+    return 0
+
+
 def _run_train(args: argparse.Namespace) -> int:
     from grokinterp.training.loop import train
 
@@ -159,11 +236,24 @@ def _run_train(args: argparse.Namespace) -> int:
 
 
 def _run_analyze(args: argparse.Namespace) -> int:
-    from grokinterp.report import build_report
+    import torch
 
+    from grokinterp.report import ReportOptions, build_report
+
+    if args.threads is not None:
+        if args.threads < 1:
+            raise CommandError(f"--threads {args.threads} is invalid: pass a positive number of threads.")
+        torch.set_num_threads(args.threads)
+    options = ReportOptions(
+        max_checkpoints=args.max_checkpoints,
+        hessian_dtype=args.hessian_dtype,
+        hessian_k=args.hessian_k,
+        hessian_tol=args.hessian_tol,
+        hutchinson_samples=args.trace_samples,
+    )
     report = build_report(
         args.path, out_dir=args.out, sections=args.sections, device=args.device,
-        progress=not args.quiet,
+        progress=not args.quiet, options=options,
     )
     print(report.summary())
     return 0

@@ -58,7 +58,7 @@ def test_optimizer_state_round_trip(tmp_path: Path, micro_config: RunConfig) -> 
 
     restored = build_optimizer(model, micro_config.optim)
     restored.load_state_dict(load_checkpoint(path).optimizer_state())
-    for ours, theirs in zip(optimizer.state.values(), restored.state.values()):
+    for ours, theirs in zip(optimizer.state.values(), restored.state.values(), strict=False):
         for key in ("exp_avg", "exp_avg_sq", "step"):
             assert torch.equal(ours[key], theirs[key])
     assert restored.param_groups[0]["lr"] == optimizer.param_groups[0]["lr"]

@@ -5,7 +5,14 @@ from pathlib import Path
 import pytest
 
 from grokinterp.checkpoint import read_manifest
-from grokinterp.experiments import config_hash, ensure_run, ensure_runs, run_directory, run_status, with_seed
+from grokinterp.experiments import (
+    config_hash,
+    ensure_run,
+    ensure_runs,
+    run_directory,
+    run_status,
+    with_seed,
+)
 from grokinterp.training.config import RunConfig, apply_overrides
 
 

@@ -260,7 +260,7 @@ class Cube(torch.autograd.Function):
         return 3 * x**2 * grad_output
 
 
-def test_auto_method_falls_back_to_double_backward():
+def test_auto_method_uses_double_backward_without_jvp():
     def loss_fn(params, inputs, labels):
         return Cube.apply(params["x"]).sum()
 
@@ -272,9 +272,9 @@ def test_auto_method_falls_back_to_double_backward():
     assert torch.allclose(problem.hvp(vector), 6 * x * vector, atol=ROUNDING)
 
 
-def test_auto_method_prefers_forward_over_reverse(tiny):
+def test_auto_method_prefers_double_backward(tiny):
     _, loss_fn, params, tokens, labels = tiny
-    assert HessianProblem(loss_fn, params, tokens, labels).method == "fwd_rev"
+    assert HessianProblem(loss_fn, params, tokens, labels).method == "double_backward"
 
 
 # ---------------------------------------------------------------------------------------------

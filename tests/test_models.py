@@ -142,7 +142,7 @@ def test_bad_token_shape_rejected() -> None:
 
 def test_no_embedding_W_E_error() -> None:
     with pytest.raises(ValueError, match="input_mode='embed'"):
-        small_mlp("numeric").W_E
+        _ = small_mlp("numeric").W_E
 
 
 def test_build_model_sizes_from_task() -> None:

@@ -26,7 +26,7 @@ PYTHON_OPS = {
 @pytest.mark.parametrize("p", [7, 13])
 def test_every_op_matches_python(op: str, p: int) -> None:
     pairs = all_pairs(TaskConfig(p=p, op=op))
-    for a, b, label in zip(pairs.a.tolist(), pairs.b.tolist(), pairs.labels.tolist()):
+    for a, b, label in zip(pairs.a.tolist(), pairs.b.tolist(), pairs.labels.tolist(), strict=False):
         assert label == PYTHON_OPS[op](a, b, p), (a, b)
 
 
@@ -34,7 +34,7 @@ def test_every_op_matches_python(op: str, p: int) -> None:
 def test_composite_modulus_for_non_division(op: str) -> None:
     pairs = all_pairs(TaskConfig(p=12, op=op))
     assert len(pairs.labels) == 144
-    for a, b, label in zip(pairs.a.tolist(), pairs.b.tolist(), pairs.labels.tolist()):
+    for a, b, label in zip(pairs.a.tolist(), pairs.b.tolist(), pairs.labels.tolist(), strict=False):
         assert label == PYTHON_OPS[op](a, b, 12)
 
 

@@ -45,7 +45,7 @@ def test_resume_matches_uninterrupted_run(
     monkeypatch.setattr(loop, "_train_step", original_step)
 
     resumed = train(cfg, tmp_path / "resumed", resume=True, progress=False)
-    for (name, ours), theirs in zip(reference.model.state_dict().items(), resumed.model.state_dict().values()):
+    for (name, ours), theirs in zip(reference.model.state_dict().items(), resumed.model.state_dict().values(), strict=False):
         assert torch.equal(ours, theirs), name
     assert read_metrics(tmp_path / "reference") == [
         {k: v for k, v in row.items()} for row in read_metrics(tmp_path / "resumed")
@@ -58,7 +58,7 @@ def test_resume_extends_step_budget(tmp_path: Path, micro_config: RunConfig) -> 
     train(apply_overrides(cfg, ["train.steps=40"]), tmp_path / "extended", progress=False)
     extended = train(cfg, tmp_path / "extended", resume=True, progress=False)
     assert extended.step == 60
-    for ours, theirs in zip(full.model.parameters(), extended.model.parameters()):
+    for ours, theirs in zip(full.model.parameters(), extended.model.parameters(), strict=False):
         assert torch.equal(ours, theirs)
 
 
@@ -112,7 +112,7 @@ def test_resume_exact_with_each_method(tmp_path: Path, micro_config: RunConfig, 
     reference = train(cfg, tmp_path / "reference", progress=False)
     train(apply_overrides(cfg, ["train.steps=20"]), tmp_path / "resumed", progress=False)
     resumed = train(cfg, tmp_path / "resumed", resume=True, progress=False)
-    for (name, ours), theirs in zip(reference.model.state_dict().items(), resumed.model.state_dict().values()):
+    for (name, ours), theirs in zip(reference.model.state_dict().items(), resumed.model.state_dict().values(), strict=False):
         assert torch.equal(ours, theirs), name
     assert read_metrics(tmp_path / "reference") == read_metrics(tmp_path / "resumed")
     assert read_metrics(tmp_path / "reference", "token_stats.jsonl") == read_metrics(

@@ -408,18 +408,24 @@ def fourier_transform_2d(
     """
     p = _check_square_grid(grid, "grid")
     basis = fourier_basis(p, dtype=grid.dtype).to(grid.device)
-    return einops.einsum(basis, basis, grid, "freq_a a, freq_b b, a b ... -> freq_a freq_b ...")
+
+    # One axis at a time: a single three-operand einsum lets torch (without opt_einsum) form
+    # the p^4 outer product of the two bases first, 0.7 GB and 30 times slower at p = 97.
+    along_a = einops.einsum(basis, grid, "freq_a a, a b ... -> freq_a b ...")
+    return einops.einsum(basis, along_a, "freq_b b, freq_a b ... -> freq_a freq_b ...")
 
 
-def _frequency_masks(p: int) -> Bool[Tensor, "freq freq_a freq_b"]:
-    # Mask k - 1 selects the 2-D basis functions whose row frequencies are both in {0, k}, except
-    # the constant (0, 0) function: cos/sin(w_k a), cos/sin(w_k b) and their four products.
-    row_frequency = basis_frequencies(p)
-    frequency = torch.arange(1, p // 2 + 1)
-    row_in_pair = (row_frequency[None, :] == frequency[:, None]) | (row_frequency[None, :] == 0)
-    masks = row_in_pair[:, :, None] & row_in_pair[:, None, :]
-    masks[:, 0, 0] = False
-    return masks
+def _frequency_pair_energy(
+    energy: Float[Tensor, "freq_a freq_b d_mlp"],
+) -> Float[Tensor, "k_a k_b d_mlp"]:
+    # Entry [k_a, k_b] sums the energy of the 2-D basis functions whose rows have frequencies
+    # k_a and k_b (k = 0 is the constant row), so each frequency's share is three entries.
+    p = energy.shape[0]
+    row_frequency = basis_frequencies(p).to(energy.device)
+    n_frequencies = p // 2 + 1
+    by_row = energy.new_zeros(n_frequencies, *energy.shape[1:]).index_add_(0, row_frequency, energy)
+    shape = (n_frequencies, n_frequencies, *energy.shape[2:])
+    return energy.new_zeros(shape).index_add_(1, row_frequency, by_row)
 
 
 def neuron_frequency_fractions(
@@ -445,10 +451,14 @@ def neuron_frequency_fractions(
     p = _check_square_grid(activations, "activations")
     energy = fourier_transform_2d(activations).pow(2)
 
-    masks = _frequency_masks(p).to(device=activations.device, dtype=activations.dtype)
-    explained = einops.einsum(
-        masks, energy, "freq freq_a freq_b, freq_a freq_b d_mlp -> d_mlp freq"
-    )
+    # Frequency k explains the basis functions with row frequencies (k, k), (0, k) and (k, 0):
+    # cos/sin(w_k a) times cos/sin(w_k b), and each of them times the constant. Grouped sums
+    # take p^2 additions per neuron where a mask per frequency took p^3 / 2 multiply-adds.
+    pair_energy = _frequency_pair_energy(energy)
+    frequency = torch.arange(1, p // 2 + 1, device=activations.device)
+    explained = (
+        pair_energy[frequency, frequency] + pair_energy[0, frequency] + pair_energy[frequency, 0]
+    ).T
 
     total_energy = energy.sum(dim=(0, 1))
     variance = total_energy - energy[0, 0]
