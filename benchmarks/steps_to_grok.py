@@ -11,7 +11,7 @@ frequency and grokfast-ema, each on seeds 0-4: 25 runs. On 2 CPU cores shared wi
 (load average about 5) a run took 12 to 38 s, 25 s in the median, and the grid 12 minutes. A run
 that groks early is short, because it stops once test accuracy has held 0.99.
 Runs are cached by config hash under ``--runs``, so a second call only re-reads them.
-``--quick`` runs a tiny grid instead (p = 23, 2 methods × 2 seeds, 120 steps) that checks the
+``--quick`` runs a tiny grid instead (p = 23, 2 methods × 2 seeds, 200 steps) that checks the
 script in seconds but measures nothing worth quoting.
 
 The script prints one JSON object: the environment, the command-line settings and the
@@ -35,7 +35,7 @@ QUICK_OVERRIDES = (
     "model.d_embed=16",
     "model.d_mlp=64",
     "train.batch_size=64",
-    "train.steps=120",
+    "train.steps=200",
     "train.eval_every=10",
     "train.checkpoint_every=60",
 )
