@@ -113,8 +113,14 @@ def check_batchable(cfg: RunConfig) -> None:
 
 
 def seedless_key(cfg: RunConfig) -> str:
-    """Return ``cfg`` as canonical JSON without its seeds; equal keys can train as one batch."""
+    """Return ``cfg`` as canonical JSON without its seeds and name; equal keys can train as one batch.
+
+    The name is a label that does not change training, and figure runs carry their seed in it
+    (``mlp-add-b512-lr0.01-c1-wd0.001-seed0``), so keeping it would put every seed in a batch of
+    its own.
+    """
     data = config_to_dict(cfg)
+    del data["name"]
     for dotted in SEED_FIELDS:
         section, name = dotted.split(".")
         del data[section][name]
@@ -145,7 +151,8 @@ def _check_members(configs: Sequence[RunConfig], run_dirs: Sequence[Path]) -> No
                 raise ValueError(
                     f"configs[{index}] differs from configs[0] in {key} ({other.get(key)!r} "
                     f"against {reference.get(key)!r}): members of a batched run may differ only "
-                    f"in {', '.join(SEED_FIELDS)}. Train the other configs in a batch of their own."
+                    f"in their names and in {', '.join(SEED_FIELDS)}. Train the other configs in "
+                    "a batch of their own."
                 )
 
     for run_dir in run_dirs:
@@ -606,7 +613,7 @@ def train_batched(
 ) -> list[RunResult]:
     """Train the runs that ``configs`` describe as one batched model, each into its run directory.
 
-    The configs must be equal except for :data:`SEED_FIELDS` and must pass
+    The configs must be equal except for their names and :data:`SEED_FIELDS`, and must pass
     :func:`check_batchable`. Each run directory ends up as ``train(configs[i], run_dirs[i])``
     would leave it (see :class:`StackedMLP` for how exactly), with one addition to the manifest:
     ``"batched": {"members": n, "first_layer": ...}``, which also explains its ``wall_time_s``:
