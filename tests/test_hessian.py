@@ -322,8 +322,10 @@ def test_lanczos_one_end(tiny, which):
 def test_lanczos_rejects_bad_k():
     with pytest.raises(ValueError, match="1 <= k < n"):
         extreme_eigenvalues(lambda v: v, 3, k=3)
-    with pytest.raises(ValueError, match="exceeds n=3"):
+    with pytest.raises(ValueError, match="exceed n=3"):
         extreme_eigenvalues(lambda v: v, 3, k=2, which="both")
+    with pytest.raises(ValueError, match="k_smallest=0 is invalid"):
+        extreme_eigenvalues(lambda v: v, 3, k=1, k_smallest=0)
     # Under the test suite's runtime type checks an invalid literal fails as a TypeError first.
     with pytest.raises((TypeError, ValueError), match="which"):
         extreme_eigenvalues(lambda v: v, 3, which="middle")

@@ -322,6 +322,28 @@ def test_lanczos_matches_dense_at_both_ends(build):
         assert block.converged, label
 
 
+@pytest.mark.parametrize("build", [small_mlp, small_transformer])
+def test_single_lanczos_run_matches_dense_at_both_ends(build):
+    # The trajectory's setting: k = 1 per end from one Lanczos run. A repeated eigenvalue shows
+    # once, which does not matter for k = 1, so λ_min and λ_max must match the dense spectrum.
+    model, tokens, labels = build()
+    curvature = model_curvature(
+        model, tokens, labels, k=1, tol=1e-10, tol_smallest=1e-10, dtype=torch.float64,
+        trace_samples=0, solver="lanczos",
+    )
+    params = {name: value.detach() for name, value in model.named_parameters()}
+    for label, block in curvature.items():
+        dense = dense_hessian(model_loss_fn(model), params, tokens, labels, block=block.names, dtype=torch.float64)
+        exact = torch.linalg.eigvalsh(dense)
+        scale = float(exact.abs().max())
+        lambda_min, lambda_max = block.eigenvalues
+        # Residuals below 1e-10 · scale bound the eigenvalue errors by the same amount; 1e-8 of
+        # the scale leaves room for rounding in the dense eigensolver.
+        assert abs(lambda_max - float(exact[-1])) <= 1e-8 * scale, label
+        assert abs(lambda_min - float(exact[0])) <= 1e-8 * scale, label
+        assert block.converged, label
+
+
 def test_saddle_of_linear_network_at_zero():
     # f = mean over x of (w u x - y)^2 / 2 at u = w = 0 is a critical point with Hessian
     # [[0, -m], [-m, 0]], m = mean(x y) = 3: the textbook saddle of a two-layer linear network.

@@ -239,16 +239,26 @@ def block_curvature(
     trace_samples: int = 0,
     tau_factor: float = DEFAULT_TAU_FACTOR,
     seed: int = 0,
+    solver: str = "arpack",
 ) -> BlockCurvature:
     """Compute the extreme eigenvalues of one block's Hessian by Lanczos, with checks.
 
-    The k largest eigenvalues come from `extreme_eigenvalues` on H. The ``k_smallest`` smallest
-    come from the same routine on the shifted operator H - λ_max I, whose eigenvalues are
-    λ_i - λ_max. ARPACK's tolerance is relative to each eigenvalue, so on H itself an
-    eigenvalue near 0 would need an absolute accuracy of tol·|λ_min|, often hundreds of
-    Lanczos restarts. After the shift every wanted eigenvalue has magnitude at least λ_max, so
-    ARPACK stops when the residual is below about ``tol_smallest``·λ_max. The residuals are
-    those of H, because the shift changes no eigenvector.
+    Both ends come from `extreme_eigenvalues`. With the default ``solver="arpack"`` the k
+    largest come from ARPACK on H and the ``k_smallest`` smallest from ARPACK on the shifted
+    operator H - λ_max I, whose eigenvalues are λ_i - λ_max.
+    ARPACK's tolerance is relative to each eigenvalue, so on H itself an eigenvalue near 0
+    would need an absolute accuracy of tol·|λ_min|, often hundreds of Lanczos restarts. After
+    the shift every wanted eigenvalue has magnitude at least λ_max, so ARPACK stops when the
+    residual is below about ``tol_smallest``·λ_max. The residuals are those of H, because the
+    shift changes no eigenvector.
+
+    With ``solver="lanczos"`` one Lanczos run serves both ends: it stops when the k largest Ritz
+    pairs have residual estimates below ``tol``·max |θ| and the ``k_smallest`` smallest below
+    ``tol_smallest``·max |θ|, where max |θ| estimates λ_max. On the grokked p = 97 MLP it took
+    59 Hessian-vector products for λ_max and λ_min of all parameters at tol 1e-3, against 116
+    for the two ARPACK runs. A single start vector finds each extreme eigenvalue but only one
+    vector of its eigenspace, so a repeated eigenvalue appears once: use it for k = 1 per end
+    (as the trajectory does), ARPACK for several eigenvalues of one end.
 
     The default ``tol_smallest = 1e-3`` equals the default ``tau_factor``, so the smallest
     eigenvalue is resolved to about τ, the resolution of the verdict. A computed smallest
@@ -270,6 +280,7 @@ def block_curvature(
         trace_samples: Rademacher vectors for the Hutchinson trace; 0 skips the trace.
         tau_factor: τ as a fraction of max |λ|.
         seed: seeds the Lanczos start vectors and the trace's sign vectors.
+        solver: "arpack" (one run per end) or "lanczos" (one run for both ends, for k = 1).
 
     Returns:
         A `BlockCurvature`.
@@ -281,17 +292,38 @@ def block_curvature(
     if not tau_factor >= 0:
         raise ValueError(f"tau_factor={tau_factor!r} is invalid: expected a fraction >= 0.")
 
+    if solver not in ("lanczos", "arpack"):
+        raise ValueError(f"solver={solver!r} is invalid: choose 'lanczos' or 'arpack'.")
+
     started = time.perf_counter()
     n = problem.size
-    top = extreme_eigenvalues(
-        problem, n, k=k, which="largest", tol=tol, generator=torch.Generator().manual_seed(seed)
-    )
-    eigenvalues, residuals = top.eigenvalues, top.residuals
-    tolerances = torch.full_like(eigenvalues, tol)
-    n_matvecs = top.n_matvecs
+    if solver == "lanczos":
+        result = extreme_eigenvalues(
+            problem,
+            n,
+            k=k,
+            which="both" if both_ends else "largest",
+            tol=tol,
+            k_smallest=k_smallest,
+            tol_smallest=tol_smallest,
+            generator=torch.Generator().manual_seed(seed),
+            solver="lanczos",
+        )
+        eigenvalues, residuals = result.eigenvalues, result.residuals
+        tolerances = torch.full_like(eigenvalues, tol)
+        if both_ends:
+            tolerances[:k_smallest] = tol_smallest
+        n_matvecs = result.n_matvecs
+    else:
+        top = extreme_eigenvalues(
+            problem, n, k=k, which="largest", tol=tol, generator=torch.Generator().manual_seed(seed)
+        )
+        eigenvalues, residuals = top.eigenvalues, top.residuals
+        tolerances = torch.full_like(eigenvalues, tol)
+        n_matvecs = top.n_matvecs
 
     verdict = None
-    if both_ends:
+    if both_ends and solver == "arpack":
         shift = max(top.largest, 0.0)
 
         def shifted(vector: Tensor) -> Tensor:
@@ -361,6 +393,7 @@ def model_curvature(
     tau_factor: float = DEFAULT_TAU_FACTOR,
     seed: int = 0,
     method: HvpMethod = "double_backward",
+    solver: str = "arpack",
 ) -> dict[str, BlockCurvature]:
     """Compute `block_curvature` for each block of a model's mean training loss.
 
@@ -369,8 +402,8 @@ def model_curvature(
         tokens: the data set's inputs, e.g. the whole training set.
         labels: its labels.
         blocks: label -> parameter names; None uses `curvature_blocks(model)`.
-        k, tol, both_ends, k_smallest, tol_smallest, trace_samples, tau_factor, seed: as in
-            `block_curvature`; k and k_smallest are capped at half the block size.
+        k, tol, both_ends, k_smallest, tol_smallest, trace_samples, tau_factor, seed, solver:
+            as in `block_curvature`; k and k_smallest are capped at half the block size.
         dtype: floating dtype of the Hessian-vector products; float64 for tight tolerances.
         chunk_size: samples per chunk of the data set; None processes it at once.
         method: the HVP method of `HessianProblem`. Double backward is the default because it
@@ -417,6 +450,7 @@ def model_curvature(
             trace_samples=trace_samples,
             tau_factor=tau_factor,
             seed=seed,
+            solver=solver,
         )
         logger.info(
             "Hessian block %s (%d parameters): λ_max %.4g in %.1f s",

@@ -416,8 +416,8 @@ class EigenResult:
     """Extreme eigenpairs of a symmetric operator, with their residuals.
 
     Attributes:
-        eigenvalues: computed eigenvalues in increasing order. For ``which="both"`` the first k
-            are the smallest and the last k the largest.
+        eigenvalues: computed eigenvalues in increasing order. For ``which="both"`` the first
+            ``k_smallest`` are the smallest and the last ``k`` the largest.
         residuals: ||H v - λ v|| of each eigenpair, with ||v|| = 1, in the order of
             ``eigenvalues``. Small residuals relative to max |λ| mean converged pairs.
         eigenvectors: unit eigenvectors as columns, or None when not requested.
@@ -472,6 +472,8 @@ def extreme_eigenvalues(
     max_iterations: int | None = None,
     generator: torch.Generator | None = None,
     solver: str = "arpack",
+    k_smallest: int | None = None,
+    tol_smallest: float | None = None,
 ) -> EigenResult:
     """Compute the k largest and/or k smallest eigenvalues of a symmetric operator by Lanczos.
 
@@ -508,6 +510,10 @@ def extreme_eigenvalues(
         generator: draws the Lanczos start vector; None uses a generator seeded with 0, so
             the result is reproducible.
         solver: "arpack" or "lanczos", as above.
+        k_smallest: eigenvalues at the smallest end when it differs from ``k``; None means
+            ``k``. Used by which="smallest" and "both".
+        tol_smallest: the tolerance of the smallest end when it differs from ``tol``; None
+            means ``tol``.
 
     Returns:
         An `EigenResult` with eigenvalues in increasing order and their residuals.
@@ -523,19 +529,25 @@ def extreme_eigenvalues(
     """
     if which not in _WHICH:
         raise ValueError(f"which={which!r} is invalid: expected one of {_WHICH}.")
-    if not 1 <= k < n:
+    k_small = k if k_smallest is None else k_smallest
+    tol_small = tol if tol_smallest is None else tol_smallest
+    for name, value in (("k", k), ("k_smallest", k_small)):
+        if not 1 <= value < n:
+            raise ValueError(
+                f"{name}={value} is invalid for n={n}: Lanczos needs 1 <= {name} < n; use "
+                "dense_hessian for tiny n."
+            )
+    if which == "both" and k + k_small > n:
         raise ValueError(
-            f"k={k} is invalid for n={n}: Lanczos needs 1 <= k < n; use dense_hessian for tiny n."
+            f"k={k} largest and k_smallest={k_small} smallest eigenvalues exceed n={n}: pass "
+            "fewer, or use dense_hessian."
         )
-    if which == "both" and 2 * k > n:
-        raise ValueError(
-            f"k={k} from each end exceeds n={n}: pass k <= n // 2, or use dense_hessian."
-        )
-    if tol < 0:
-        raise ValueError(f"tol={tol!r} is invalid: expected a relative tolerance >= 0.")
+    for name, value in (("tol", tol), ("tol_smallest", tol_small)):
+        if value < 0:
+            raise ValueError(f"{name}={value!r} is invalid: expected a relative tolerance >= 0.")
     if solver not in _SOLVERS:
         raise ValueError(f"solver={solver!r} is invalid: expected one of {_SOLVERS}.")
-    if solver == "lanczos" and tol == 0:
+    if solver == "lanczos" and min(tol, tol_small) == 0:
         raise ValueError(
             "tol=0 is invalid for solver='lanczos': pass a residual bound > 0, e.g. 1e-8."
         )
@@ -560,16 +572,19 @@ def extreme_eigenvalues(
     start_product = apply(start)
     if not np.any(start_product):
         logger.info("The operator maps the random start vector to 0, so it is taken to be 0.")
-        return _zero_operator_result(n, k, which, tol, return_eigenvectors, n_matvecs)
+        count = {"both": k + k_small, "largest": k, "smallest": k_small}[which]
+        return _zero_operator_result(n, count, which, tol, return_eigenvectors, n_matvecs)
 
-    ends = {"both": ("SA", "LA"), "largest": ("LA",), "smallest": ("SA",)}[which]
+    targets = {"SA": (k_small, tol_small), "LA": (k, tol)}
+    ends = {
+        end: targets[end]
+        for end in {"both": ("SA", "LA"), "largest": ("LA",), "smallest": ("SA",)}[which]
+    }
     if solver == "lanczos":
         steps = min(n, 300) if max_iterations is None else max_iterations
-        values, vectors = _lanczos_ends(apply, start, start_product, k, ends, tol, steps)
+        values, vectors = _lanczos_ends(apply, start, start_product, ends, steps)
     else:
-        values, vectors = _arpack_ends(
-            operator, start, k, ends, tol, max_iterations, lambda: n_matvecs
-        )
+        values, vectors = _arpack_ends(operator, start, ends, max_iterations, lambda: n_matvecs)
 
     eigenvalues = torch.from_numpy(np.concatenate(values))
     eigenvectors = torch.from_numpy(np.concatenate(vectors, axis=1))
@@ -593,15 +608,16 @@ def extreme_eigenvalues(
 def _arpack_ends(
     operator: LinearOperator,
     start: np.ndarray,
-    k: int,
-    ends: tuple[str, ...],
-    tol: float,
+    ends: dict[str, tuple[int, float]],
     max_iterations: int | None,
     count_products: Callable[[], int],
 ) -> tuple[list[np.ndarray], list[np.ndarray]]:
-    """Run ARPACK once per end; return (values, vectors) per end, values in increasing order."""
+    """Run ARPACK once per end ("SA" or "LA" → (k, tol)); return (values, vectors) per end.
+
+    Values are in increasing order, vectors are columns.
+    """
     values, vectors = [], []
-    for end in ends:
+    for end, (k, tol) in ends.items():
         try:
             end_values, end_vectors = eigsh(
                 operator, k=k, which=end, tol=tol, v0=start, maxiter=max_iterations
@@ -621,15 +637,15 @@ def _lanczos_ends(
     apply: Callable[[np.ndarray], np.ndarray],
     start: np.ndarray,
     start_product: np.ndarray,
-    k: int,
-    ends: tuple[str, ...],
-    tol: float,
+    ends: dict[str, tuple[int, float]],
     max_steps: int,
 ) -> tuple[list[np.ndarray], list[np.ndarray]]:
     """Run Lanczos with full reorthogonalisation until the Ritz pairs of ``ends`` converge.
 
-    Returns one (values, vectors) pair per end, in the layout of the ARPACK branch: values in
-    increasing order, vectors as columns.
+    ``ends`` maps "SA" and/or "LA" to (k, tol): the k smallest or largest Ritz pairs must each
+    have a residual estimate of at most tol times the largest |Ritz value|. Returns one
+    (values, vectors) pair per end, in the layout of the ARPACK branch: values in increasing
+    order, vectors as columns.
     """
     n = start.shape[0]
     norm = float(np.linalg.norm(start))
@@ -638,7 +654,7 @@ def _lanczos_ends(
     product = torch.from_numpy(start_product / norm)
     alphas: list[float] = []
     betas: list[float] = []
-    needed = k * len(ends)
+    needed = sum(k for k, _ in ends.values())
 
     for step in range(max_steps):
         if step > 0:
@@ -661,14 +677,19 @@ def _lanczos_ends(
             tridiagonal += torch.diag(off_diagonal, 1) + torch.diag(off_diagonal, -1)
         ritz_values, ritz_vectors = torch.linalg.eigh(tridiagonal)
         size = step + 1
-        wanted = {"SA": list(range(k)), "LA": list(range(size - k, size))}
+        wanted = {
+            end: list(range(k)) if end == "SA" else list(range(size - k, size))
+            for end, (k, _) in ends.items()
+        }
         scale = float(ritz_values.abs().max())
         # A breakdown (beta ~ 0) or an exhausted space means the Ritz pairs are exact.
         exact = beta <= 1e-12 * scale or size == n
         if size >= needed:
-            columns = [index for end in ends for index in wanted[end]]
-            estimates = beta * ritz_vectors[-1, columns].abs()
-            if exact or bool((estimates <= tol * scale).all()):
+            converged = all(
+                bool((beta * ritz_vectors[-1, wanted[end]].abs() <= tol * scale).all())
+                for end, (_, tol) in ends.items()
+            )
+            if exact or converged:
                 break
         if exact:
             raise RuntimeError(
@@ -678,8 +699,8 @@ def _lanczos_ends(
 
         if size == max_steps:
             raise RuntimeError(
-                f"Lanczos did not reach tol={tol} in max_iterations={max_steps} steps: raise "
-                "max_iterations or tol."
+                f"Lanczos did not reach its tolerance ({_describe_ends(ends)}) in "
+                f"max_iterations={max_steps} steps: raise max_iterations or tol."
             )
 
         betas.append(beta)
@@ -697,10 +718,14 @@ def _lanczos_ends(
     return values, vectors
 
 
+def _describe_ends(ends: dict[str, tuple[int, float]]) -> str:
+    names = {"SA": "smallest", "LA": "largest"}
+    return ", ".join(f"tol={tol:g} for the {k} {names[end]}" for end, (k, tol) in ends.items())
+
+
 def _zero_operator_result(
-    n: int, k: int, which: str, tol: float, return_eigenvectors: bool, n_matvecs: int
+    n: int, count: int, which: str, tol: float, return_eigenvectors: bool, n_matvecs: int
 ) -> EigenResult:
-    count = 2 * k if which == "both" else k
     return EigenResult(
         eigenvalues=torch.zeros(count, dtype=torch.float64),
         residuals=torch.zeros(count, dtype=torch.float64),

@@ -12,7 +12,9 @@ from the Embedding Layer" (arXiv 2505.15624) and Nanda et al. 2023 follow over t
 * for addition, the restricted and excluded losses.
 
 Every checkpoint costs a few Lanczos runs, so the Hessian settings are cheaper than in a
-single-checkpoint report: one eigenvalue per end (k = 1) and a looser tolerance.
+single-checkpoint report: one eigenvalue per end (k = 1), a looser tolerance, and one Lanczos
+run with full reorthogonalisation for both ends of the whole Hessian instead of two ARPACK runs
+(see `grokinterp.analysis.curvature.block_curvature`).
 """
 
 from __future__ import annotations
@@ -173,6 +175,7 @@ def _analyse_point(
             both_ends=False,
             trace_samples=0,
             method=method,
+            solver="lanczos",
         )
         whole = model_curvature(
             model,
@@ -185,6 +188,7 @@ def _analyse_point(
             trace_samples=0,
             tau_factor=tau_factor,
             method=method,
+            solver="lanczos",
         )["all"]
         lambdas["E"] = curvature["E"].lambda_max if "E" in curvature else None
         lambdas["W"] = curvature["W"].lambda_max
@@ -257,7 +261,8 @@ def checkpoint_trajectory(
         max_checkpoints: maximum number of points to analyse, at least 2.
         include_init: whether step 0 is a candidate.
         hessian: False skips the eigenvalues (they dominate the cost).
-        hessian_tol: ARPACK tolerance for the k = 1 Lanczos runs.
+        hessian_tol: residual tolerance of the k = 1 Lanczos runs, relative to the largest
+            |Ritz value|.
         dtype: dtype of the Hessian-vector products.
         tau_factor: τ of the saddle verdicts, as a fraction of max |λ|.
         rank_rtol: relative tolerance of the numerical ranks.
