@@ -57,7 +57,6 @@ from tqdm.auto import tqdm
 
 from grokinterp.checkpoint import MANIFEST, METRICS, TOKEN_STATS, write_json
 from grokinterp.models import HookedMLP, build_model
-from grokinterp.tasks import all_pairs
 from grokinterp.training.components import TrainingComponents, build_components, build_optimizer
 from grokinterp.training.config import RunConfig, config_to_dict
 from grokinterp.training.evaluate import Evaluation, GrokTracker
@@ -643,7 +642,7 @@ def train_batched(
 
     train_cfg = configs[0].train
     device = torch.device(train_cfg.device)
-    members = [_build_member(cfg, run_dir, device) for cfg, run_dir in zip(configs, run_dirs)]
+    members = [_build_member(cfg, run_dir, device) for cfg, run_dir in zip(configs, run_dirs, strict=True)]
     for member in members:
         member.manifest["batched"] = {"members": len(members), "first_layer": first_layer}
         write_json(member.run_dir / MANIFEST, member.manifest)
