@@ -41,6 +41,7 @@ from grokinterp.figures.measures import (
 from grokinterp.figures.series import checkpoint_series, stack_over_seeds
 from grokinterp.models import first_layer_matrix
 from grokinterp.tasks import all_pairs, make_split
+from grokinterp.training.batched import seedless_key, unbatchable_options
 from grokinterp.training.config import apply_overrides
 from grokinterp.training.loop import train
 
@@ -182,6 +183,18 @@ def test_figures_share_runs() -> None:
     assert len(fig05) == 8
     assert len(fig06) == 8
     assert len(both) == 14
+
+
+def test_seeds_of_a_condition_train_as_one_batch() -> None:
+    # Figure runs carry their seed in their name; the seeds of one MLP condition must still
+    # share a batching key, or ensure_runs trains them one by one.
+    scale = PAPER_SCALE.with_seeds(3)
+    for name in resolve_names(None):
+        for label, seeds in FIGURES[name].conditions(scale).items():
+            if unbatchable_options(seeds[0]):
+                continue
+            assert len({seedless_key(cfg) for cfg in seeds}) == 1, (name, label)
+            assert len({cfg.name for cfg in seeds}) == len(seeds), (name, label)
 
 
 def test_cli_lists_figures(capsys: pytest.CaptureFixture[str]) -> None:
