@@ -73,6 +73,7 @@ BAD_INPUTS = [
     (["train", "optim.lr=abc"], "override optim.lr='abc' is invalid: expected a value of type float"),
     (["train", "optim.colour=red"], "override key 'optim.colour' is unknown"),
     (["train", "lr=0.1"], "override key 'lr' is invalid: write section.field"),
+    (["train", "tiny"], "To start from the preset 'tiny', pass --preset tiny."),
     (["train", "task.op=divide", "task.p=12"], "needs a prime modulus"),
     (["train", "--preset", "tiny", "model.input_mode=numeric", "optim.embed_lr_ratio=10"], "has no embedding"),
     (["analyze", "/nonexistent/run"], "not found: pass a run directory or a .safetensors checkpoint"),

@@ -207,6 +207,12 @@ def _origin(hint: Any) -> Any:
     return tuple if origin is tuple else origin
 
 
+def _preset_names() -> tuple[str, ...]:
+    from grokinterp.training.presets import PRESETS  # presets import this module
+
+    return tuple(PRESETS)
+
+
 def apply_overrides(cfg: RunConfig, overrides: list[str]) -> RunConfig:
     """Return ``cfg`` with ``section.field=value`` overrides applied, parsed by the field's type.
 
@@ -216,7 +222,8 @@ def apply_overrides(cfg: RunConfig, overrides: list[str]) -> RunConfig:
     for item in overrides:
         key, sep, raw = item.partition("=")
         if not sep:
-            raise ValueError(f"override {item!r} is invalid: write it as section.field=value.")
+            hint = f" To start from the preset {item!r}, pass --preset {item}." if item in _preset_names() else ""
+            raise ValueError(f"override {item!r} is invalid: write it as section.field=value.{hint}")
         section_name, dot, field_name = key.strip().partition(".")
         if not dot:
             if section_name == "name":
