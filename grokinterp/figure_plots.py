@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 from matplotlib import colormaps
@@ -357,8 +358,12 @@ def plot_saddles(
         n_seeds: seeds behind each curve.
     """
     n_panels = len(eigen_panels)
-    figure = Figure(figsize=(5.6 * max(n_panels, 2), 9.5))
-    grid = figure.add_gridspec(3, n_panels, height_ratios=[1.6, 0.8, 0.25 + 0.12 * len(verdicts)])
+    figure = Figure(figsize=(5.6 * max(n_panels, 2), 10.0))
+    # Row 1 holds one legend for all eigenvalue panels, which share their curve labels and marks.
+    grid = figure.add_gridspec(
+        4, n_panels, height_ratios=[1.6, 0.32, 0.8, 0.25 + 0.12 * len(verdicts)]
+    )
+    legend_entries: dict[str, Any] = {}
     for col, panel in enumerate(eigen_panels):
         axis = figure.add_subplot(grid[0, col])
         for curve in panel.curves:
@@ -370,9 +375,15 @@ def plot_saddles(
         axis.set_xlabel("training step")
         axis.set_ylabel(panel.ylabel or "Hessian eigenvalue")
         axis.grid(alpha=0.25)
-        axis.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.2), ncol=3)
+        for handle, label in zip(*axis.get_legend_handles_labels(), strict=True):
+            legend_entries.setdefault(label, handle)
 
-    accuracy_axis = figure.add_subplot(grid[1, :])
+    legend_axis = figure.add_subplot(grid[1, :])
+    legend_axis.axis("off")
+    legend_axis.legend(list(legend_entries.values()), list(legend_entries), fontsize=7,
+                       loc="center", ncol=4, frameon=False)
+
+    accuracy_axis = figure.add_subplot(grid[2, :])
     for curve in accuracy:
         draw_curve(accuracy_axis, curve)
     draw_marks(accuracy_axis, marks)
@@ -382,7 +393,7 @@ def plot_saddles(
     accuracy_axis.legend(fontsize=7, loc="center right")
     accuracy_axis.grid(alpha=0.25)
 
-    verdict_axis = figure.add_subplot(grid[2, :], sharex=accuracy_axis)
+    verdict_axis = figure.add_subplot(grid[3, :], sharex=accuracy_axis)
     for row, (steps, row_verdicts) in enumerate(zip(verdict_steps, verdicts, strict=True)):
         colors = [VERDICT_COLORS.get(v, "black") for v in row_verdicts]
         verdict_axis.scatter(steps, [row] * len(steps), c=colors, marker="s", s=36)
