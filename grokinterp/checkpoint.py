@@ -49,17 +49,29 @@ class CheckpointError(ValueError):
 
 @contextmanager
 def atomic_path(path: Path) -> Iterator[Path]:
-    """Yield a temporary path beside ``path`` and rename it onto ``path`` if the block succeeds."""
+    """Yield a temporary path beside ``path`` and rename it onto ``path`` if the block succeeds.
+
+    The file gets the permissions of a plain ``open(path, "w")`` (0o666 less the umask), not
+    the owner-only mode of ``mkstemp``, so others can read runs and figures as usual.
+    """
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     os.close(fd)
     tmp_path = Path(tmp)
     try:
         yield tmp_path
+        os.chmod(tmp_path, 0o666 & ~_umask())
         os.replace(tmp_path, path)
     finally:
         if tmp_path.exists():
             tmp_path.unlink()
+
+
+def _umask() -> int:
+    # os.umask can only be read by setting it, so set it back at once.
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
 
 
 def write_json(path: Path, data: Any) -> None:

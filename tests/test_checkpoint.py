@@ -1,7 +1,9 @@
 from __future__ import annotations
 
 import json
+import os
 import pickle
+import stat
 from pathlib import Path
 
 import pytest
@@ -113,3 +115,16 @@ def test_run_directory_layout(tmp_path: Path, micro_config: RunConfig) -> None:
     assert [row["step"] for row in read_metrics(run.run_dir)] == [0, 10, 20, 30, 40, 50, 60]
     assert not list(run.run_dir.rglob("*.tmp"))
     json.dumps(manifest)
+
+
+def test_atomic_writes_follow_umask(tmp_path: Path, micro_config: RunConfig) -> None:
+    # Files written through a temporary file must get the mode of a plain open(), not the
+    # owner-only 0o600 of mkstemp, so that a shared run directory stays readable.
+    previous = os.umask(0o022)
+    try:
+        train(micro_config, tmp_path / "run", progress=False)
+    finally:
+        os.umask(previous)
+    written = [tmp_path / "run" / "manifest.json", *(path for _, path in list_checkpoints(tmp_path / "run"))]
+    for path in written:
+        assert stat.S_IMODE(path.stat().st_mode) == 0o644, path
