@@ -359,7 +359,7 @@ def plot_saddles(
     """
     n_panels = len(eigen_panels)
     figure = Figure(figsize=(5.6 * max(n_panels, 2), 10.0))
-    # Row 1 holds one legend for all eigenvalue panels, which share their curve labels and marks.
+    # Row 1 is one legend for all eigenvalue panels, which share their curve labels and marks.
     grid = figure.add_gridspec(
         4, n_panels, height_ratios=[1.6, 0.32, 0.8, 0.25 + 0.12 * len(verdicts)]
     )

@@ -239,7 +239,7 @@ def test_configs_differing_beyond_seeds_rejected(
         train_batched(configs, [tmp_path / "a", tmp_path / "b"], progress=False)
 
 
-def test_seedless_key_ignores_only_seeds_and_name(micro_config: RunConfig) -> None:
+def test_seedless_key_ignores_seeds_and_name(micro_config: RunConfig) -> None:
     renamed = dataclasses.replace(with_seed(micro_config, 5), name="other")
     assert seedless_key(renamed) == seedless_key(micro_config)
     assert seedless_key(apply_overrides(micro_config, ["optim.lr=0.02"])) != seedless_key(

@@ -185,9 +185,9 @@ def test_figures_share_runs() -> None:
     assert len(both) == 14
 
 
-def test_seeds_of_a_condition_train_as_one_batch() -> None:
-    # Figure runs carry their seed in their name; the seeds of one MLP condition must still
-    # share a batching key, or ensure_runs trains them one by one.
+def test_condition_seeds_share_batch_key() -> None:
+    # Figure runs carry their seed in their name. The seeds of one MLP condition must still
+    # share a batching key, because ensure_runs otherwise trains them one by one.
     scale = PAPER_SCALE.with_seeds(3)
     for name in resolve_names(None):
         for label, seeds in FIGURES[name].conditions(scale).items():

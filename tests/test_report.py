@@ -323,7 +323,7 @@ def test_lanczos_matches_dense_at_both_ends(build):
 
 
 @pytest.mark.parametrize("build", [small_mlp, small_transformer])
-def test_single_lanczos_run_matches_dense_at_both_ends(build):
+def test_single_lanczos_run_matches_dense(build):
     # The trajectory's setting: k = 1 per end from one Lanczos run. A repeated eigenvalue shows
     # once, which does not matter for k = 1, so λ_min and λ_max must match the dense spectrum.
     model, tokens, labels = build()

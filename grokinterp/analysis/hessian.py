@@ -583,7 +583,7 @@ def extreme_eigenvalues(
     }
     # numpy's and scipy's OpenBLAS threads busy-wait after each call and so compete with torch's
     # threads inside every Hessian-vector product. On 2 cores, limiting them to one thread cut
-    # the report's Hessian section of the p = 97 MLP from 19.8 s to 9.0 s (torch's own MKL is
+    # the report's Hessian section of the p = 97 MLP from 19.8 s to 8.7 s (torch's own MKL is
     # linked into torch and not affected).
     with threadpool_limits(limits=1, user_api="blas"):
         if solver == "lanczos":
