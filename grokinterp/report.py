@@ -35,6 +35,7 @@ from grokinterp.checkpoint import (
     resolve_checkpoint,
     write_json,
 )
+from grokinterp.devices import resolve_device
 from grokinterp.models import HookedMLP, embedding_names
 from grokinterp.tasks import PairData, Split, all_pairs, make_split
 from grokinterp.training.evaluate import evaluate
@@ -895,14 +896,14 @@ def build_context(
 ) -> AnalysisContext:
     """Load the checkpoint that ``path`` names and the task data it was trained on."""
     path = Path(path)
-    checkpoint = load_checkpoint(resolve_checkpoint(path), device=device)
+    target = resolve_device(device, "device")
+    checkpoint = load_checkpoint(resolve_checkpoint(path), device=target)
     checkpoint.model.eval()
     run_dir = checkpoint.run_dir
     manifest = read_manifest(run_dir) if run_dir is not None else None
     cfg = checkpoint.config
     pairs = all_pairs(cfg.task)
     split = make_split(cfg.task)
-    target = torch.device(device)
     return AnalysisContext(
         checkpoint=checkpoint,
         run_dir=run_dir,

@@ -74,6 +74,7 @@ BAD_INPUTS = [
     (["train", "optim.colour=red"], "override key 'optim.colour' is unknown"),
     (["train", "lr=0.1"], "override key 'lr' is invalid: write section.field"),
     (["train", "tiny"], "To start from the preset 'tiny', pass --preset tiny."),
+    (["train", "--preset", "tiny", "train.device=gpu"], "train.device='gpu' is invalid: use cpu, cuda or cuda:N"),
     (["train", "task.op=divide", "task.p=12"], "needs a prime modulus"),
     (["train", "--preset", "tiny", "model.input_mode=numeric", "optim.embed_lr_ratio=10"], "has no embedding"),
     (["analyze", "/nonexistent/run"], "not found: pass a run directory or a .safetensors checkpoint"),

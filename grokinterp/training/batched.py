@@ -56,6 +56,7 @@ from torch import Tensor, nn
 from tqdm.auto import tqdm
 
 from grokinterp.checkpoint import MANIFEST, METRICS, TOKEN_STATS, write_json
+from grokinterp.devices import resolve_device
 from grokinterp.models import HookedMLP, build_model
 from grokinterp.training.components import TrainingComponents, build_components, build_optimizer
 from grokinterp.training.config import RunConfig, config_to_dict
@@ -641,7 +642,7 @@ def train_batched(
         )
 
     train_cfg = configs[0].train
-    device = torch.device(train_cfg.device)
+    device = resolve_device(train_cfg.device, "train.device")
     members = [_build_member(cfg, run_dir, device) for cfg, run_dir in zip(configs, run_dirs, strict=True)]
     for member in members:
         member.manifest["batched"] = {"members": len(members), "first_layer": first_layer}

@@ -40,6 +40,7 @@ from grokinterp.checkpoint import (
     truncate_metrics,
     write_json,
 )
+from grokinterp.devices import resolve_device
 from grokinterp.models import answer_logits, build_model
 from grokinterp.tasks import PairData, Split, all_pairs, make_split, split_statistics
 from grokinterp.training.components import TrainingComponents, build_components, build_optimizer
@@ -120,7 +121,7 @@ def train(
     overwritten by accident.
     """
     run_dir = Path(run_dir)
-    device = torch.device(cfg.train.device)
+    device = resolve_device(cfg.train.device, "train.device")
     data = prepare_data(cfg, device)
     model = build_model(cfg.model, cfg.task).to(device)
     optimizer = build_optimizer(model, cfg.optim)
