@@ -55,7 +55,7 @@ from jaxtyping import Float, Int
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
-from grokinterp.checkpoint import MANIFEST, METRICS, TOKEN_STATS, write_json
+from grokinterp.checkpoint import MANIFEST, write_json
 from grokinterp.devices import resolve_device
 from grokinterp.models import HookedMLP, build_model
 from grokinterp.training.components import TrainingComponents, build_components, build_optimizer
@@ -64,8 +64,8 @@ from grokinterp.training.evaluate import Evaluation, GrokTracker
 from grokinterp.training.loop import (
     RunResult,
     TaskTensors,
-    _append_jsonl,
     _initial_manifest,
+    _log_evaluation,
     _save,
     _save_recorded_gradients,
     prepare_data,
@@ -712,24 +712,12 @@ def _evaluate_and_log(stack: _Stack, step: int, chunk_size: int) -> None:
     for index, (member, (train_eval, test_eval)) in enumerate(
         zip(stack.members, evaluations, strict=True)
     ):
-        member.tracker.update(step, train_eval.accuracy, test_eval.accuracy)
-        groups = member.optimizer.param_groups
-        row = {
-            "step": step,
-            "train_loss": train_eval.loss,
-            "train_acc": train_eval.accuracy,
-            "test_loss": test_eval.loss,
-            "test_acc": test_eval.accuracy,
-            **{f"lr_{group.get('name', i)}": group["lr"] for i, group in enumerate(groups)},
-            **member.components.metrics(),
-        }
-        _append_jsonl(member.run_dir / METRICS, row)
-        member.final = row
         if stack.token_stats is not None:
             member.components.token_stats.load_state_dict(stack._member_token_state(index))
-        token_row = member.components.token_snapshot()
-        if token_row is not None:
-            _append_jsonl(member.run_dir / TOKEN_STATS, {"step": step, **token_row})
+        member.final = _log_evaluation(
+            member.run_dir, step, train_eval, test_eval, member.tracker, member.components,
+            member.optimizer,
+        )
 
 
 def _finish(stack: _Stack, index: int, step: int, started: float) -> RunResult:

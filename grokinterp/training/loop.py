@@ -45,7 +45,7 @@ from grokinterp.models import answer_logits, build_model
 from grokinterp.tasks import PairData, Split, all_pairs, make_split, split_statistics
 from grokinterp.training.components import TrainingComponents, build_components, build_optimizer
 from grokinterp.training.config import RunConfig, config_to_dict
-from grokinterp.training.evaluate import GrokTracker, evaluate
+from grokinterp.training.evaluate import Evaluation, GrokTracker, evaluate
 
 logger = logging.getLogger(__name__)
 
@@ -238,6 +238,19 @@ def _evaluate_and_log(
 ) -> dict[str, Any]:
     train_eval = evaluate(model, data.train_tokens, data.train_labels)
     test_eval = evaluate(model, data.test_tokens, data.test_labels)
+    return _log_evaluation(run_dir, step, train_eval, test_eval, tracker, components, optimizer)
+
+
+def _log_evaluation(
+    run_dir: Path,
+    step: int,
+    train_eval: Evaluation,
+    test_eval: Evaluation,
+    tracker: GrokTracker,
+    components: TrainingComponents,
+    optimizer: torch.optim.Optimizer,
+) -> dict[str, Any]:
+    """Update the grok tracker and append one row to metrics.jsonl and token_stats.jsonl."""
     tracker.update(step, train_eval.accuracy, test_eval.accuracy)
     row = {
         "step": step,
