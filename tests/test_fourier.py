@@ -21,6 +21,7 @@ from grokinterp.analysis.fourier import (
     grid_cross_entropy,
     inverse_participation_ratio,
     key_frequencies,
+    key_frequency_losses,
     neuron_frequency_fractions,
     neuron_key_frequencies,
     residue_spectrum,
@@ -476,6 +477,50 @@ def test_no_key_frequencies_gives_uniform_restricted_loss():
     logits = torch.randn(p, p, p, generator=torch.Generator().manual_seed(2), dtype=torch.float64)
     assert math.isclose(float(restricted_loss(logits, [])), math.log(p), rel_tol=1e-12)
     assert torch.allclose(excluded_logits(logits, []), logits)
+
+
+@pytest.mark.parametrize("projection", ["joint", "per_output"])
+@pytest.mark.parametrize(
+    ("p", "keys", "scale"), [(11, [2, 5], 3.0), (12, [1, 6], 3.0), (7, [3], 400.0)]
+)
+def test_losses_match_projected_logits(p, keys, scale, projection):
+    # The losses never form the projected grids: the restricted loss reads p rows of (s, c)
+    # logits and the excluded loss sums exponentials in base 2, block by block. Both must equal
+    # the cross-entropy of the logits that restricted_logits and excluded_logits return. The
+    # scale 400 gives logits whose exponentials overflow float64 without a shift.
+    generator = torch.Generator().manual_seed(p)
+    logits = scale * torch.randn(p, p, p, generator=generator, dtype=torch.float64)
+    logits += 4.0 * torch.cos(angle(keys[0], addition_phase(p), p))
+    for mask in (torch.rand(p, p, generator=generator) < 0.4, None):
+        expected_restricted = grid_cross_entropy(restricted_logits(logits, keys, projection), mask)
+        expected_excluded = grid_cross_entropy(excluded_logits(logits, keys, projection), mask)
+        losses = key_frequency_losses(logits, keys, mask, projection=projection)
+
+        # Float64 sums of a few thousand terms in another order: relative rounding near 1e-15.
+        for value, expected in [
+            (losses.restricted, expected_restricted),
+            (restricted_loss(logits, keys, mask, projection=projection), expected_restricted),
+            (losses.excluded, expected_excluded),
+            (excluded_loss(logits, keys, mask, projection=projection), expected_excluded),
+        ]:
+            assert math.isfinite(float(value))
+            assert math.isclose(float(value), float(expected), rel_tol=1e-12)
+
+
+def test_excluded_loss_spans_several_row_blocks(monkeypatch):
+    # Force blocks of 10 rows, so 7 * 7 pairs take five blocks, the last one partial.
+    monkeypatch.setattr(fourier, "_EXCLUDED_ROWS_PER_BLOCK", 10)
+    p = 7
+    logits = torch.randn(p, p, p, generator=torch.Generator().manual_seed(5), dtype=torch.float64)
+    expected = grid_cross_entropy(excluded_logits(logits, [2]))
+    assert math.isclose(float(excluded_loss(logits, [2])), float(expected), rel_tol=1e-12)
+
+
+def test_losses_reject_a_mask_of_another_shape():
+    # Under the test suite's jaxtyping hook the annotations already catch this mismatch, so the
+    # check that runs without the hook is called directly.
+    with pytest.raises(ValueError, match=r"pair_mask has shape \(4, 4\): expected \[5, 5\]"):
+        fourier._selected_pairs(torch.ones(4, 4, dtype=torch.bool), 5, torch.device("cpu"))
 
 
 def test_grid_cross_entropy_labels_are_sums():

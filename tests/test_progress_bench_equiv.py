@@ -33,15 +33,16 @@ def test_reference_fractions_match_library(p: int) -> None:
 
 
 @pytest.mark.parametrize("projection", ["joint", "per_output"])
-@pytest.mark.parametrize("p", [7, 11])
+@pytest.mark.parametrize("p", [7, 11, 12])
 def test_reference_losses_match_library(p: int, projection: str) -> None:
+    keys = [2] if p < 12 else [2, 6]  # 6 is the Nyquist frequency of p = 12
     generator = torch.Generator().manual_seed(p)
-    logits = planted_logits(p, [2], generator)
+    logits = planted_logits(p, keys, generator)
     mask = train_mask(p, 0.5, generator)
 
-    ours = library_losses(logits, [2], mask, projection)
-    theirs = reference_losses(logits, [2], mask, projection)
+    ours = library_losses(logits, keys, mask, projection)
+    theirs = reference_losses(logits, keys, mask, projection)
     # Float64 cross-entropies of size ~1 from projections summed in another order.
     assert ours == pytest.approx(theirs, abs=1e-12)
-    # The planted logits are built from frequency 2, so keeping it must beat removing it.
+    # The planted logits are built from the key frequencies, so keeping them must beat removing them.
     assert ours[0] < ours[1]

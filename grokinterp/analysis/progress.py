@@ -28,11 +28,10 @@ from grokinterp.analysis.fourier import (
     UNCLUSTERED,
     cluster_neurons,
     embedding_spectrum,
-    excluded_loss,
     grid_cross_entropy,
     key_frequencies,
+    key_frequency_losses,
     neuron_frequency_fractions,
-    restricted_loss,
 )
 from grokinterp.models import HookedMLP, embedding_names
 from grokinterp.tasks import PairData, Split, TaskConfig
@@ -231,8 +230,8 @@ def progress_measures(
         logits = grid_logits(model, task, batch_size).cpu()
         mask = train_mask.cpu()
         train_loss = float(grid_cross_entropy(logits, mask))
-        restricted = float(restricted_loss(logits, keys, mask, projection=projection))
-        excluded = float(excluded_loss(logits, keys, mask, projection=projection))
+        losses = key_frequency_losses(logits, keys, mask, projection=projection)
+        restricted, excluded = float(losses.restricted), float(losses.excluded)
 
     return ProgressMeasures(
         fractions=fractions.cpu(),
