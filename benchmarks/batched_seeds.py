@@ -18,8 +18,10 @@ directory that is removed after each repetition. The candidates alternate within
 repetition (forward, then reversed order), and the speed-up is the median over repetitions of
 the ratio of paired wall times. A step-level comparison of the stacked forms (``torch.bmm`` on
 stacked weights against ``torch.func.vmap`` over ``functional_call`` of one ``HookedMLP``) records
-why the batched model uses ``bmm``. The script prints one JSON object, including the load
-average before and after, because the machine may be shared.
+why the batched model uses ``bmm``. ``exact_batching_bound`` divides the machine's measured
+``torch.mm`` peak by the rate of matrix-product operations that the sequential runs achieved: no
+batching that keeps their multiply-adds can beat that ratio. The script prints one JSON object,
+including the load average before and after, because the machine may be shared.
 """
 
 from __future__ import annotations
@@ -35,10 +37,17 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from benchmarks._common import base_parser, emit_json, environment_info, set_threads
+from benchmarks._common import (
+    base_parser,
+    emit_json,
+    environment_info,
+    matmul_flops,
+    measure_matmul_peak,
+    set_threads,
+)
 from grokinterp.experiments import with_seed
 from grokinterp.models import build_model
-from grokinterp.tasks import all_pairs
+from grokinterp.tasks import all_pairs, split_sizes
 from grokinterp.training.batched import StackedMLP, train_batched
 from grokinterp.training.components import build_optimizer
 from grokinterp.training.config import RunConfig, apply_overrides
@@ -180,6 +189,70 @@ def step_forms(cfg: RunConfig, members: int, steps: int, repeats: int) -> dict[s
     }
 
 
+def run_matmul_flops(cfg: RunConfig) -> dict[str, int]:
+    """Count the matrix-product operations of one ``train`` run of the MLP config ``cfg``.
+
+    A training step multiplies ``batch`` inputs through ``W_in`` ``[d_in, d_mlp]`` and ``W_U``
+    ``[d_mlp, p]``. Its backward pass forms the gradients of both weights and of the hidden
+    activations, and with a learned embedding also the gradient of the first layer's input. Each
+    evaluation (at step 0, every ``eval_every`` steps and at the last step) runs the forward
+    pass over the training and test pairs. Element-wise work (ReLU, softmax, Adam) is left out,
+    so the counts are lower bounds on the arithmetic.
+
+    Returns:
+        ``{"train_step": ..., "evaluation": ..., "run": ...}``, in floating-point operations as
+        :func:`matmul_flops` counts them.
+    """
+    model, task, train_cfg = cfg.model, cfg.task, cfg.train
+    if model.kind != "mlp":
+        raise ValueError(f"model.kind={model.kind!r} is not counted: pass an MLP config.")
+    d_in = {"embed": task.n_ctx * model.d_embed, "onehot": task.n_ctx * task.d_vocab}.get(
+        model.input_mode, task.n_ctx
+    )
+    n_train, n_test = split_sizes(task)
+    batch = train_cfg.batch_size or n_train
+
+    def forward(rows: int) -> int:
+        return matmul_flops(rows, d_in, model.d_mlp) + matmul_flops(rows, model.d_mlp, task.p)
+
+    input_gradient = matmul_flops(batch, model.d_mlp, d_in) if model.input_mode == "embed" else 0
+    train_step = (
+        2 * forward(batch)  # the forward pass and the two weight gradients
+        + matmul_flops(batch, task.p, model.d_mlp)  # the gradient of the hidden activations
+        + input_gradient
+    )
+    steps = train_cfg.steps
+    evaluations = 1 + steps // train_cfg.eval_every + (1 if steps % train_cfg.eval_every else 0)
+    evaluation = forward(n_train + n_test)
+    return {
+        "train_step": train_step,
+        "evaluation": evaluation,
+        "run": steps * train_step + evaluations * evaluation,
+    }
+
+
+def exact_batching_bound(
+    cfg: RunConfig, members: int, sequential_seconds: float, peak_gflops: float
+) -> dict[str, float]:
+    """Bound the speed-up of any batching that performs the multiply-adds of sequential runs.
+
+    Batched runs that reproduce sequential runs bit for bit do the same matrix products, so
+    they take at least ``flops / peak`` seconds, where ``peak`` is the measured ``torch.mm``
+    throughput of large square products. Dividing the sequential time by that gives the largest
+    speed-up over sequential runs that this machine allows, however little overhead the batched
+    runs have.
+    """
+    flops = members * run_matmul_flops(cfg)["run"]
+    achieved = flops / sequential_seconds / 1e9
+    return {
+        "matmul_gflop": flops / 1e9,
+        "sequential_gflops_per_s": achieved,
+        "matmul_peak_gflops_per_s": peak_gflops,
+        "sequential_fraction_of_peak": achieved / peak_gflops,
+        "max_exact_speedup": peak_gflops / achieved,
+    }
+
+
 def summarize(seconds: dict[str, list[float]]) -> dict[str, object]:
     """Return median wall times and the median paired speed-up of each batched candidate."""
     speedups = {}
@@ -218,14 +291,22 @@ def main() -> None:
     repeats = args.repeats if args.repeats is not None else (1 if args.quick else 5)
 
     load_before = os.getloadavg()
+    peak = measure_matmul_peak(repeats=3 if args.quick else 5)
     results: dict[str, object] = {}
     with tempfile.TemporaryDirectory(prefix="grokinterp-bench-") as scratch:
         for preset in args.presets:
             cfg = benchmark_config(preset, steps)
             candidates = run_candidates(cfg, args.members, Path(scratch) / preset)
             seconds, runs = time_runs(candidates, repeats)
+            summary = summarize(seconds)
             results[preset] = {
-                **summarize(seconds),
+                **summary,
+                "exact_batching_bound": exact_batching_bound(
+                    cfg,
+                    args.members,
+                    summary["median_seconds"]["sequential"],
+                    peak["peak_gflops"],
+                ),
                 "weight_difference_to_sequential": {
                     name: weight_difference(runs[name], runs["sequential"])
                     for name in ("batched_matmul", "batched_table")
@@ -247,6 +328,7 @@ def main() -> None:
             },
             "environment": environment_info(),
             "load_average": {"before": load_before, "after": os.getloadavg()},
+            "matmul_peak": peak,
             "presets": results,
         }
     )
