@@ -48,7 +48,7 @@ from benchmarks._common import (
 from grokinterp.experiments import with_seed
 from grokinterp.models import build_model
 from grokinterp.tasks import all_pairs, split_sizes
-from grokinterp.training.batched import StackedMLP, train_batched
+from grokinterp.training.batched import StackedMLP, check_batchable, train_batched
 from grokinterp.training.components import build_optimizer
 from grokinterp.training.config import RunConfig, apply_overrides
 from grokinterp.training.loop import RunResult, train
@@ -192,6 +192,9 @@ def step_forms(cfg: RunConfig, members: int, steps: int, repeats: int) -> dict[s
 def run_matmul_flops(cfg: RunConfig) -> dict[str, int]:
     """Count the matrix-product operations of one ``train`` run of the MLP config ``cfg``.
 
+    The count assumes that the run takes all ``train.steps`` steps, as with early stopping off
+    (``benchmark_config``); a run that stops early does less.
+
     A training step multiplies ``batch`` inputs through ``W_in`` ``[d_in, d_mlp]`` and ``W_U``
     ``[d_mlp, p]``. Its backward pass forms the gradients of both weights and of the hidden
     activations, and with a learned embedding also the gradient of the first layer's input. Each
@@ -289,6 +292,14 @@ def main() -> None:
     set_threads(args.threads)
     steps = args.steps if args.steps is not None else (20 if args.quick else 300)
     repeats = args.repeats if args.repeats is not None else (1 if args.quick else 5)
+    for name, value in (("--members", args.members), ("--steps", steps), ("--repeats", repeats)):
+        if value < 1:
+            parser.error(f"{name}={value} is invalid: pass an integer >= 1.")
+    for preset in args.presets:
+        try:
+            check_batchable(benchmark_config(preset, steps))
+        except (ValueError, NotImplementedError) as error:
+            parser.error(f"--presets {preset}: {error}")
 
     load_before = os.getloadavg()
     peak = measure_matmul_peak(repeats=3 if args.quick else 5)

@@ -290,8 +290,8 @@ def main() -> None:
     differences = {"frequency_fractions": float((fractions - expected_fractions).abs().max())}
     losses = {}
     for projection in ("joint", "per_output"):
-        ours = torch.tensor(library_losses(logits, keys, mask, projection))
-        theirs = torch.tensor(reference_losses(logits, keys, mask, projection))
+        ours = torch.tensor(library_losses(logits, keys, mask, projection), dtype=torch.float64)
+        theirs = torch.tensor(reference_losses(logits, keys, mask, projection), dtype=torch.float64)
         torch.testing.assert_close(ours, theirs, rtol=1e-9, atol=1e-12)
         differences[f"losses_{projection}"] = float((ours - theirs).abs().max())
         losses[projection] = {"restricted": float(ours[0]), "excluded": float(ours[1])}

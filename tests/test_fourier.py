@@ -516,6 +516,38 @@ def test_excluded_loss_spans_several_row_blocks(monkeypatch):
     assert math.isclose(float(excluded_loss(logits, [2])), float(expected), rel_tol=1e-12)
 
 
+@pytest.mark.parametrize("projection", ["joint", "per_output"])
+def test_loss_gradients_match_projected_logits(projection):
+    # The shortcuts must differentiate like the definitions: same gradient with respect to
+    # every logit, so that the losses can drive optimisation or attribution.
+    p, keys = 9, [1, 4]
+    generator = torch.Generator().manual_seed(1)
+    logits = torch.randn(p, p, p, generator=generator, dtype=torch.float64, requires_grad=True)
+    mask = torch.rand(p, p, generator=generator) < 0.5
+
+    losses = key_frequency_losses(logits, keys, mask, projection=projection)
+    ours = torch.autograd.grad(losses.restricted + 2.0 * losses.excluded, logits)[0]
+    expected_loss = grid_cross_entropy(
+        restricted_logits(logits, keys, projection), mask
+    ) + 2.0 * grid_cross_entropy(excluded_logits(logits, keys, projection), mask)
+    expected = torch.autograd.grad(expected_loss, logits)[0]
+
+    assert torch.allclose(ours, expected, rtol=0, atol=EXACT)
+
+
+def test_losses_after_inference_mode_keep_autograd():
+    # The index grids are cached per p, so one made under inference mode must still serve a
+    # later call that records gradients.
+    p = 13
+    with torch.inference_mode():
+        restricted_loss(torch.randn(p, p, p, dtype=torch.float64), [1])
+    logits = torch.randn(p, p, p, dtype=torch.float64, requires_grad=True)
+
+    key_frequency_losses(logits, [1]).excluded.backward()
+
+    assert logits.grad is not None
+
+
 def test_losses_reject_a_mask_of_another_shape():
     # Under the test suite's jaxtyping hook the annotations already catch this mismatch, so the
     # check that runs without the hook is called directly.

@@ -179,3 +179,29 @@ def test_transformer_rejects_op_layout() -> None:
 def test_model_config_rejects_bad_values(kwargs: dict, message: str) -> None:
     with pytest.raises(ValueError, match=message):
         ModelConfig(**kwargs)
+
+
+def test_embedding_gradient_repeats_on_two_threads() -> None:
+    # Repeated tokens add their gradients into one row. On more than one CPU thread, indexing's
+    # backward adds them in an order that varies between calls, which made runs unrepeatable.
+    model = HookedMLP(MLPConfig(d_vocab=97, n_ctx=4, d_out=97, d_embed=128, d_mlp=8))
+    generator = torch.Generator().manual_seed(0)
+    tokens = torch.randint(0, 97, (512, 4), generator=generator)
+    upstream = torch.randn(512, 4, 128, generator=generator)
+
+    def embedding_gradient() -> torch.Tensor:
+        model.zero_grad(set_to_none=True)
+        (model.embed(tokens) * upstream).sum().backward()
+        return model.embed.W_E.grad.clone()
+
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        one_thread = embedding_gradient()
+        torch.set_num_threads(2)
+        two_threads = [embedding_gradient() for _ in range(20)]
+    finally:
+        torch.set_num_threads(threads)
+
+    for gradient in two_threads:
+        assert torch.equal(gradient, one_thread)

@@ -583,15 +583,17 @@ def _pair_sums(p: int, device: torch.device) -> Int[Tensor, " pair"]:
     Cached, because the losses of a trajectory evaluate many grids of one p; callers must not
     modify the result.
     """
-    residues = torch.arange(p, device=device)
-    return ((residues[:, None] + residues[None, :]) % p).flatten()
+    with torch.inference_mode(False):  # a tensor made in inference mode cannot serve autograd later
+        residues = torch.arange(p, device=device)
+        return ((residues[:, None] + residues[None, :]) % p).flatten()
 
 
 @functools.lru_cache(maxsize=8)
 def _residue_differences(p: int, device: torch.device) -> Int[Tensor, "s c"]:
     """Return (s - c) mod p for every pair of residues, cached like `_pair_sums`."""
-    residues = torch.arange(p, device=device)
-    return (residues[:, None] - residues[None, :]) % p
+    with torch.inference_mode(False):
+        residues = torch.arange(p, device=device)
+        return (residues[:, None] - residues[None, :]) % p
 
 
 def _key_projection(
@@ -778,11 +780,16 @@ def _summed_cross_entropy(
     Equal to ``F.cross_entropy(rows, labels, reduction="sum")`` to float rounding. The sum of
     exponentials is taken in base 2, exp(x) = 2^(x log2 e): on an AVX-512 CPU with torch 2.13,
     float64 exp2 measured 3.4 times faster than exp, and the exponentials are most of the cost.
+    ``rows`` is overwritten only when no gradient flows through it.
     """
     picked = rows.gather(1, labels[:, None]).squeeze(1)
-    shift = rows.amax(dim=1, keepdim=True)
-    exponentials = rows.sub_(shift).mul_(_LOG2_E).exp2_()
-    return (exponentials.sum(dim=1).log_() + shift.squeeze(1) - picked).sum()
+    # Any shift gives the same log-sum-exp, so the row maxima can be held constant.
+    shift = rows.detach().amax(dim=1, keepdim=True)
+    if rows.requires_grad and torch.is_grad_enabled():
+        exponentials = ((rows - shift) * _LOG2_E).exp2()
+    else:
+        exponentials = rows.sub_(shift).mul_(_LOG2_E).exp2_()
+    return (exponentials.sum(dim=1).log() + shift.squeeze(1) - picked).sum()
 
 
 def _excluded_loss_from_table(

@@ -72,7 +72,9 @@ class Embed(nn.Module):
         self.W_E = nn.Parameter(torch.empty(d_vocab, d_embed))
 
     def forward(self, tokens: Int[Tensor, "batch pos"]) -> Float[Tensor, "batch pos d_embed"]:
-        return self.W_E[tokens]
+        # Indexing would give the same values, but on more than one CPU thread its backward adds
+        # the gradients of repeated tokens in an order that varies from call to call.
+        return F.embedding(tokens, self.W_E)
 
 
 class MLPBlock(nn.Module):

@@ -316,7 +316,7 @@ class StackedMLP(nn.Module):
         W_E = self.params.embed.W_E
         member_offset = torch.arange(n_members, device=tokens.device) * self.cfg.d_vocab
         rows = tokens + member_offset[:, None, None]
-        return W_E.reshape(-1, W_E.shape[-1])[rows].reshape(n_members, batch, -1)
+        return F.embedding(rows, W_E.reshape(-1, W_E.shape[-1])).reshape(n_members, batch, -1)
 
     def _first_layer_from_table(
         self, tokens: Int[Tensor, "member batch pos"]
