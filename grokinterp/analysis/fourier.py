@@ -567,7 +567,8 @@ def _check_logit_grid(
             or not 1 <= frequency <= p // 2
         ):
             raise ValueError(
-                f"key_frequencies contains {frequency!r}: expected integers in 1..{p // 2} for p={p}."
+                f"key_frequencies contains {frequency!r} ({type(frequency).__name__}): expected "
+                f"Python ints in 1..{p // 2} for p={p}; convert numpy or tensor values with int()."
             )
     if len(set(key_frequencies)) != len(key_frequencies):
         raise ValueError(
