@@ -776,7 +776,7 @@ def _restricted_loss_from_table(
 def _summed_cross_entropy(
     rows: Float[Tensor, "n p"], labels: Int[Tensor, " n"]
 ) -> Float[Tensor, ""]:
-    """Return the summed cross-entropy of ``rows`` against ``labels``, overwriting ``rows``.
+    """Return the summed cross-entropy of ``rows`` against ``labels``.
 
     Equal to ``F.cross_entropy(rows, labels, reduction="sum")`` to float rounding. The sum of
     exponentials is taken in base 2, exp(x) = 2^(x log2 e): on an AVX-512 CPU with torch 2.13,

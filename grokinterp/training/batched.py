@@ -22,9 +22,9 @@ each member's own gradient.
 Exact or fast. With the default ``first_layer="matmul"`` the stacked model performs the
 operations of :class:`HookedMLP` batched over members, and a batched run reproduced its
 sequential twins bit for bit in our checks (torch 2.13, x86 CPU, one and two threads), grok
-steps and early stops included, so a cached run does not depend on how it was trained. It saves the per-run overhead
-but none of the arithmetic, so its gain is small where the matrix products dominate (see
-``docs/benchmarks.md``). ``first_layer="table"`` computes the first layer from a lookup table and
+steps and early stops included, so a cached run does not depend on how it was trained. It saves
+the per-run overhead but none of the arithmetic, so its gain is small where the matrix products
+dominate (see ``docs/benchmarks.md``). ``first_layer="table"`` computes the first layer from a lookup table and
 uses fused Adam, which needs far fewer multiply-adds but adds the same terms in another order
 (see :class:`StackedMLP`). Its first steps match ``train`` to float32 rounding, but Adam at
 lr 0.01 amplifies the difference. For the paper's MLP the largest weight difference was 4e-4
