@@ -19,18 +19,18 @@ from the stack (its parameters, moments and filter state are cut out), which fre
 stop step. Members have disjoint parameters, so the gradient of the sum of the member losses is
 each member's own gradient.
 
-Exact or fast. With the default ``first_layer="matmul"`` the stacked model performs the
-operations of :class:`HookedMLP` batched over members, and a batched run reproduced its
-sequential twins bit for bit in our checks (torch 2.13, x86 CPU, one and two threads), grok
-steps and early stops included, so a cached run does not depend on how it was trained. It saves
-the per-run overhead but none of the arithmetic, so its gain is small where the matrix products
-dominate (see ``docs/benchmarks.md``). ``first_layer="table"`` computes the first layer from a lookup table and
-uses fused Adam, which needs far fewer multiply-adds but adds the same terms in another order
-(see :class:`StackedMLP`). Its first steps match ``train`` to float32 rounding, but Adam at
-lr 0.01 amplifies the difference. For the paper's MLP the largest weight difference was 4e-4
-after 10 steps and 0.14 after 40, and the relative L2 difference of all weights was 0.94 after
-300. The grok steps of ``tiny`` runs moved by up to 200 steps. Table runs are valid runs of their
-configs, but not replays of ``train``.
+Exact or fast. With the default ``first_layer="matmul"`` the stacked model performs the operations
+of :class:`HookedMLP` batched over members, and a batched run reproduced its sequential twins bit
+for bit in our checks (torch 2.13, x86 CPU, one and two threads), grok steps and early stops
+included, so a cached run does not depend on how it was trained. It saves the per-run overhead but
+none of the arithmetic, so its gain is small where the matrix products dominate (see
+``docs/benchmarks.md``). ``first_layer="table"`` computes the first layer from a lookup table and
+uses fused Adam, which needs far fewer multiply-adds but adds the same terms in another order (see
+:class:`StackedMLP`). Its first steps match ``train`` to float32 rounding, but Adam at lr 0.01
+amplifies the difference. For the paper's MLP the largest weight difference was 4e-4 after 10 steps
+and 0.14 after 40, and the relative L2 difference of all weights was 0.94 after 300. The grok steps
+of ``tiny`` runs moved by up to 200 steps. Table runs are valid runs of their configs, but not
+replays of ``train``.
 
 Supported: every ``model.input_mode``, Adam and AdamW, a fixed ``optim.embed_lr_ratio``, the
 Grokfast EMA filter, token statistics and recorded embedding gradients. The transformer, the
