@@ -321,7 +321,10 @@ def run_grid(
     grid = grid_configs(base, methods, seeds)
     logger.info("comparing %d methods x %d seeds of %s in %s", len(methods), seeds, base.name, runs_dir)
     directories = ensure_runs([cfg for _, cfg in grid], runs_dir, progress=progress)
-    return [load_run(directory, label=method) for (method, _), directory in zip(grid, directories, strict=True)]
+    return [
+        load_run(directory, label=method)
+        for (method, _), directory in zip(grid, directories, strict=True)
+    ]
 
 
 def load_run(run_dir: Path | str, label: str | None = None) -> RunRecord:

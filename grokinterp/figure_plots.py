@@ -380,8 +380,14 @@ def plot_saddles(
 
     legend_axis = figure.add_subplot(grid[1, :])
     legend_axis.axis("off")
-    legend_axis.legend(list(legend_entries.values()), list(legend_entries), fontsize=7,
-                       loc="center", ncol=4, frameon=False)
+    legend_axis.legend(
+        list(legend_entries.values()),
+        list(legend_entries),
+        fontsize=7,
+        loc="center",
+        ncol=4,
+        frameon=False,
+    )
 
     accuracy_axis = figure.add_subplot(grid[2, :])
     for curve in accuracy:

@@ -182,8 +182,8 @@ def test_model_config_rejects_bad_values(kwargs: dict, message: str) -> None:
 
 
 def test_embedding_gradient_repeats_on_two_threads() -> None:
-    # Repeated tokens add their gradients into one row. On more than one CPU thread, indexing's
-    # backward adds them in an order that varies between calls, which made runs unrepeatable.
+    # Repeated tokens add their gradients into one row. That sum must not depend on the thread
+    # count or vary between calls, so that runs repeat bit for bit.
     model = HookedMLP(MLPConfig(d_vocab=97, n_ctx=4, d_out=97, d_embed=128, d_mlp=8))
     generator = torch.Generator().manual_seed(0)
     tokens = torch.randint(0, 97, (512, 4), generator=generator)

@@ -584,7 +584,9 @@ def _pair_sums(p: int, device: torch.device) -> Int[Tensor, " pair"]:
     Cached, because the losses of a trajectory evaluate many grids of one p; callers must not
     modify the result.
     """
-    with torch.inference_mode(False):  # a tensor made in inference mode cannot serve autograd later
+    # The result outlives this call, and a tensor made in inference mode could not be saved for
+    # the backward pass of a later call.
+    with torch.inference_mode(False):
         residues = torch.arange(p, device=device)
         return ((residues[:, None] + residues[None, :]) % p).flatten()
 
@@ -612,6 +614,8 @@ def _key_projection(
     p = logits.shape[-1]
     summed = torch.zeros(p, p, dtype=logits.dtype, device=logits.device)
     if len(key_frequencies) == 0:
+        # NOTE: the restricted loss is then log p, also for logits holding -inf, where the
+        # definition's mean over c is -inf and its loss nan.
         return summed
     summed.index_add_(0, _pair_sums(p, logits.device), logits.reshape(p * p, p))
     centred = summed - summed.mean(dim=-1, keepdim=True)
@@ -759,6 +763,19 @@ def _selected_pairs(
     return pairs
 
 
+def _loss_inputs(
+    logits: Float[Tensor, "a b p"],
+    key_frequencies: Sequence[int],
+    pair_mask: Bool[Tensor, "a b"] | None,
+    projection: str,
+    operation: str,
+) -> tuple[Float[Tensor, "s p"], Int[Tensor, " n"] | None]:
+    """Check the arguments of a loss; return the key-frequency table and the selected pairs."""
+    p = _check_logit_grid(logits, key_frequencies, projection, operation)
+    pairs = _selected_pairs(pair_mask, p, logits.device)
+    return _key_projection(logits, key_frequencies, projection), pairs
+
+
 def _restricted_loss_from_table(
     table: Float[Tensor, "s p"], pairs: Int[Tensor, " n"] | None
 ) -> Float[Tensor, ""]:
@@ -833,9 +850,8 @@ def restricted_loss(
         >>> bool(torch.isclose(restricted_loss(logits, [k]), grid_cross_entropy(logits)))
         True
     """
-    p = _check_logit_grid(logits, key_frequencies, projection, operation)
-    pairs = _selected_pairs(pair_mask, p, logits.device)
-    return _restricted_loss_from_table(_key_projection(logits, key_frequencies, projection), pairs)
+    table, pairs = _loss_inputs(logits, key_frequencies, pair_mask, projection, operation)
+    return _restricted_loss_from_table(table, pairs)
 
 
 def excluded_loss(
@@ -852,9 +868,7 @@ def excluded_loss(
     when it fits those pairs by other means. See `excluded_logits` for what is removed and
     `grid_cross_entropy` for the loss. Only the selected pairs' logits are formed.
     """
-    p = _check_logit_grid(logits, key_frequencies, projection, operation)
-    pairs = _selected_pairs(pair_mask, p, logits.device)
-    table = _key_projection(logits, key_frequencies, projection)
+    table, pairs = _loss_inputs(logits, key_frequencies, pair_mask, projection, operation)
     return _excluded_loss_from_table(logits, table, pairs)
 
 
@@ -876,9 +890,7 @@ def key_frequency_losses(
         >>> bool(torch.isclose(losses.excluded, excluded_loss(logits, [1, 3])))
         True
     """
-    p = _check_logit_grid(logits, key_frequencies, projection, operation)
-    pairs = _selected_pairs(pair_mask, p, logits.device)
-    table = _key_projection(logits, key_frequencies, projection)
+    table, pairs = _loss_inputs(logits, key_frequencies, pair_mask, projection, operation)
     return KeyFrequencyLosses(
         restricted=_restricted_loss_from_table(table, pairs),
         excluded=_excluded_loss_from_table(logits, table, pairs),

@@ -643,7 +643,10 @@ def train_batched(
 
     train_cfg = configs[0].train
     device = resolve_device(train_cfg.device, "train.device")
-    members = [_build_member(cfg, run_dir, device) for cfg, run_dir in zip(configs, run_dirs, strict=True)]
+    members = [
+        _build_member(cfg, run_dir, device)
+        for cfg, run_dir in zip(configs, run_dirs, strict=True)
+    ]
     for member in members:
         member.manifest["batched"] = {"members": len(members), "first_layer": first_layer}
         write_json(member.run_dir / MANIFEST, member.manifest)

@@ -222,7 +222,9 @@ def apply_overrides(cfg: RunConfig, overrides: list[str]) -> RunConfig:
     for item in overrides:
         key, sep, raw = item.partition("=")
         if not sep:
-            hint = f" To start from the preset {item!r}, pass --preset {item}." if item in _preset_names() else ""
+            hint = ""
+            if item in _preset_names():
+                hint = f" To start from the preset {item!r}, pass --preset {item}."
             raise ValueError(f"override {item!r} is invalid: write it as section.field=value.{hint}")
         section_name, dot, field_name = key.strip().partition(".")
         if not dot:
