@@ -26,6 +26,21 @@ from importlib import metadata
 import torch
 
 
+def at_least(minimum: int) -> Callable[[str], int]:
+    """Return an argparse ``type`` that parses an integer and rejects one below ``minimum``."""
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+        if value < minimum:
+            raise argparse.ArgumentTypeError(f"{value} is invalid: pass an integer >= {minimum}")
+        return value
+
+    return parse
+
+
 def base_parser(description: str) -> argparse.ArgumentParser:
     """Return an argument parser with the options every benchmark shares.
 
@@ -38,7 +53,7 @@ def base_parser(description: str) -> argparse.ArgumentParser:
     )
     parser.add_argument(
         "--threads",
-        type=int,
+        type=at_least(1),
         default=None,
         help="number of torch intra-op CPU threads (default: torch's own choice)",
     )

@@ -38,6 +38,7 @@ import torch
 import torch.nn.functional as F
 
 from benchmarks._common import (
+    at_least,
     base_parser,
     emit_json,
     environment_info,
@@ -208,7 +209,10 @@ def run_matmul_flops(cfg: RunConfig) -> dict[str, int]:
     """
     model, task, train_cfg = cfg.model, cfg.task, cfg.train
     if model.kind != "mlp":
-        raise ValueError(f"model.kind={model.kind!r} is not counted: pass an MLP config.")
+        raise ValueError(
+            f"model.kind={model.kind!r} is invalid here: the count covers the MLP only, so pass an "
+            "MLP config."
+        )
     d_in = {"embed": task.n_ctx * model.d_embed, "onehot": task.n_ctx * task.d_vocab}.get(
         model.input_mode, task.n_ctx
     )
@@ -278,12 +282,20 @@ def summarize(seconds: dict[str, list[float]]) -> dict[str, object]:
 
 def main() -> None:
     parser = base_parser(__doc__.splitlines()[0])
-    parser.add_argument("--members", type=int, default=8, help="seeds per batch (default: 8)")
     parser.add_argument(
-        "--steps", type=int, default=None, help="training steps per run (default: 300, quick: 20)"
+        "--members",
+        type=at_least(1),
+        default=8,
+        help="seeds per batch (default: 8)",
     )
     parser.add_argument(
-        "--repeats", type=int, default=None, help="timed repetitions (default: 5, quick: 1)"
+        "--steps",
+        type=at_least(1),
+        default=None,
+        help="training steps per run (default: 300, quick: 20)",
+    )
+    parser.add_argument(
+        "--repeats", type=at_least(1), default=None, help="timed repetitions (default: 5, quick: 1)"
     )
     parser.add_argument(
         "--presets", nargs="+", default=["tiny", "paper-mlp"], help="presets to benchmark"
@@ -292,9 +304,6 @@ def main() -> None:
     set_threads(args.threads)
     steps = args.steps if args.steps is not None else (20 if args.quick else 300)
     repeats = args.repeats if args.repeats is not None else (1 if args.quick else 5)
-    for name, value in (("--members", args.members), ("--steps", steps), ("--repeats", repeats)):
-        if value < 1:
-            parser.error(f"{name}={value} is invalid: pass an integer >= 1.")
     for preset in args.presets:
         try:
             check_batchable(benchmark_config(preset, steps))

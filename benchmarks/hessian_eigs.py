@@ -47,7 +47,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from benchmarks._common import base_parser, emit_json, environment_info, set_threads
+from benchmarks._common import at_least, base_parser, emit_json, environment_info, set_threads
 from grokinterp.analysis.hessian import HessianProblem, extreme_eigenvalues, model_loss_fn
 from grokinterp.checkpoint import load_checkpoint, resolve_checkpoint
 from grokinterp.models import answer_logits, build_model
@@ -326,16 +326,19 @@ def compare_eigensolvers(
 def main() -> None:
     parser = base_parser(__doc__.splitlines()[0])
     parser.add_argument(
-        "--train-steps", type=int, default=None, help="MLP training steps (default: 200, quick: 20)"
+        "--train-steps",
+        type=at_least(1),
+        default=None,
+        help="MLP training steps (default: 200, quick: 20)",
     )
     parser.add_argument(
         "--rtol", type=float, default=1e-3, help="residual target relative to |λ_max| (1e-3)"
     )
     parser.add_argument(
-        "--repeats", type=int, default=None, help="timed repetitions (default: 5, quick: 1)"
+        "--repeats", type=at_least(1), default=None, help="timed repetitions (default: 5, quick: 1)"
     )
     parser.add_argument(
-        "--max-steps", type=int, default=200,
+        "--max-steps", type=at_least(1), default=200,
         help="most Lanczos steps tried for hessian-eigenthings (default: 200)",
     )
     args = parser.parse_args()

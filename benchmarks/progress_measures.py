@@ -34,6 +34,7 @@ import torch
 import torch.nn.functional as F
 
 from benchmarks._common import (
+    at_least,
     base_parser,
     emit_json,
     environment_info,
@@ -261,10 +262,20 @@ def time_pair(
 
 def main() -> None:
     parser = base_parser(__doc__.splitlines()[0])
-    parser.add_argument("--p", type=int, default=None, help="modulus (default: 113, quick: 31)")
-    parser.add_argument("--d-mlp", type=int, default=None, help="neurons (default: 512, quick: 64)")
     parser.add_argument(
-        "--repeats", type=int, default=None, help="timed repetitions (default: 5, quick: 2)"
+        "--p",
+        type=at_least(2),
+        default=None,
+        help="modulus (default: 113, quick: 31)",
+    )
+    parser.add_argument(
+        "--d-mlp",
+        type=at_least(1),
+        default=None,
+        help="neurons (default: 512, quick: 64)",
+    )
+    parser.add_argument(
+        "--repeats", type=at_least(1), default=None, help="timed repetitions (default: 5, quick: 2)"
     )
     args = parser.parse_args()
     set_threads(args.threads)

@@ -39,7 +39,7 @@ from pathlib import Path
 
 import torch
 
-from benchmarks._common import base_parser, emit_json, environment_info, set_threads
+from benchmarks._common import at_least, base_parser, emit_json, environment_info, set_threads
 from grokinterp.checkpoint import list_checkpoints
 from grokinterp.report import SECTIONS, build_report
 from grokinterp.training.config import apply_overrides
@@ -69,17 +69,17 @@ def train_runs(scratch: Path, transformer_steps: int, mlp_steps: int | None) -> 
 def main() -> None:
     parser = base_parser(__doc__.splitlines()[0])
     parser.add_argument(
-        "--repeats", type=int, default=None, help="timed repetitions (default: 5, quick: 1)"
+        "--repeats", type=at_least(1), default=None, help="timed repetitions (default: 5, quick: 1)"
     )
     parser.add_argument(
         "--transformer-steps",
-        type=int,
+        type=at_least(1),
         default=None,
         help="training steps of the transformer run (default: 100, quick: 20)",
     )
     parser.add_argument(
         "--mlp-steps",
-        type=int,
+        type=at_least(1),
         default=None,
         help="training steps of the MLP run (default: the preset's, quick: 100)",
     )

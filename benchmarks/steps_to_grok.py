@@ -24,7 +24,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from benchmarks._common import base_parser, emit_json, environment_info, set_threads
+from benchmarks._common import at_least, base_parser, emit_json, environment_info, set_threads
 from grokinterp.compare import compare_grid, comparison_to_dict, write_comparison
 from grokinterp.training.config import apply_overrides
 from grokinterp.training.presets import get_preset
@@ -45,7 +45,12 @@ def main() -> None:
     parser = base_parser(__doc__.splitlines()[0])
     parser.add_argument("--preset", default=None, help="base config (default paper-mlp; tiny with --quick)")
     parser.add_argument("--methods", nargs="+", default=None, help=f"methods (default {' '.join(STANDARD_METHODS)})")
-    parser.add_argument("--seeds", type=int, default=None, help="seeds 0 .. N-1 (default 5; 2 with --quick)")
+    parser.add_argument(
+        "--seeds",
+        type=at_least(1),
+        default=None,
+        help="seeds 0 .. N-1 (default 5; 2 with --quick)",
+    )
     parser.add_argument("--runs", type=Path, default=Path("runs/cache"), help="run cache (default runs/cache)")
     parser.add_argument("--out", type=Path, default=None, help="also write comparison.md/json/png here")
     parser.add_argument("--progress", action="store_true", help="show a progress bar over runs on stderr")

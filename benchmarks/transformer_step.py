@@ -22,6 +22,7 @@ import torch
 import torch.nn.functional as F
 
 from benchmarks._common import (
+    at_least,
     base_parser,
     emit_json,
     environment_info,
@@ -118,11 +119,14 @@ def hooked_answer_logits(model, tokens):
 def main() -> None:
     parser = base_parser(__doc__.splitlines()[0])
     parser.add_argument(
-        "--steps", type=int, default=None, help="steps per timed repetition (default: 10, quick: 2)"
+        "--steps",
+        type=at_least(1),
+        default=None,
+        help="steps per timed repetition (default: 10, quick: 2)",
     )
     parser.add_argument(
         "--repeats",
-        type=int,
+        type=at_least(1),
         default=None,
         help="timed repetitions per path (default: 7, quick: 5)",
     )
